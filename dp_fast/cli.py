@@ -1,0 +1,101 @@
+"""`dp-fast` command line: demo, predict-bench (and, as they land, demos / train / eval)."""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+
+def _demo(args) -> int:
+    import torch
+
+    from . import DiffusionPolicy, PolicyConfig, backends, load_policy
+
+    torch.manual_seed(args.seed)
+    if args.checkpoint:
+        path = Path(args.checkpoint)
+        if path.suffix == ".zst":
+            path = _decompress_zst(path, Path(args.workdir))
+        print(f"loading {path}")
+        policy = load_policy(path, device=args.device, backend=args.backend)
+    else:
+        print("no --checkpoint given: building the seed configuration with random weights")
+        policy = DiffusionPolicy(PolicyConfig(), backend=args.backend).to(args.device).eval()
+        out = Path(args.workdir) / "seed_policy.safetensors"
+        policy.save(out)
+        policy = load_policy(out, device=args.device, backend=args.backend)
+        print(f"saved and re-loaded {out}")
+    c = policy.config
+    print(f"policy: {len(c.rgb_keys)} camera(s) {list(c.rgb_keys)}, low-dim {list(c.low_dim_keys)}, "
+          f"horizon {c.horizon}, n_obs_steps {c.n_obs_steps}, n_action_steps {c.n_action_steps}, "
+          f"{c.n_layer} layers x {c.n_emb}, K = {policy.num_inference_steps} {c.scheduler.kind} steps, "
+          f"backend {policy.backend}")
+    print("backends:", {k: v["available"] for k, v in backends().items()})
+    obs = _random_obs(policy, args.batch)
+    times = []
+    for i in range(args.repeats + 1):
+        t0 = time.perf_counter()
+        out = policy.predict_action(obs)
+        if out["action"].is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times = times[1:]  # first call warms up
+    torch.set_printoptions(precision=4, sci_mode=False)
+    print(f"action chunk for batch element 0 (shape {tuple(out['action'].shape)}):")
+    print(out["action"][0].cpu())
+    print(f"predict_action latency over {len(times)} calls (B={args.batch}, {torch.get_num_threads()} threads): "
+          f"median {statistics.median(times) * 1e3:.1f} ms, min {min(times) * 1e3:.1f} ms")
+    return 0
+
+
+def _random_obs(policy, batch: int):
+    import torch
+
+    obs = {}
+    for key, meta in policy.config.shape_meta["obs"].items():
+        shape = (batch, policy.n_obs_steps, *meta["shape"])
+        if meta.get("type", "low_dim") == "rgb":
+            obs[key] = torch.randint(0, 256, shape, dtype=torch.uint8)
+        else:
+            obs[key] = torch.randn(shape) * 0.1
+    return obs
+
+
+def _decompress_zst(path: Path, workdir: Path) -> Path:
+    import zstandard
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / path.name[:-4]
+    if not out.exists():
+        tmp = out.with_suffix(".part")
+        with open(path, "rb") as f, open(tmp, "wb") as o:
+            zstandard.ZstdDecompressor(max_window_size=2 ** 28).copy_stream(f, o)
+        tmp.rename(out)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dp-fast", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="load a checkpoint (or build the seed config), predict actions, print latency")
+    d.add_argument("--checkpoint", help="dp_fast .safetensors, original .ckpt, or .ckpt.zst")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--backend", default=None)
+    d.add_argument("--batch", type=int, default=1)
+    d.add_argument("--repeats", type=int, default=3)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--workdir", default="out/demo")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

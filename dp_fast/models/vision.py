@@ -1,0 +1,204 @@
+"""Observation encoder: per-camera ResNet18 (GroupNorm) + SpatialSoftmax, low-dim passthrough.
+
+Module and parameter names follow the original robomimic/diffusion_policy state dict
+(`obs_nets.<key>.backbone.nets.{0..7}`, `.pool.nets`, `.nets.3`), so original checkpoints load
+after dropping their aliases (see dp_fast.original_ckpt.map_original_state_dict).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _gn(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(c // 16, c)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = _gn(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = _gn(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _gn(cout))
+
+    def forward(self, x):
+        idt = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + idt)
+
+
+class ResNet18Conv(nn.Module):
+    """torchvision resnet18 children without avgpool/fc, BatchNorm -> GroupNorm(C // 16, C).
+
+    x: (N, C, H, W) -> (N, 512, ceil(H/32), ceil(W/32)); (N, 512, 3, 3) for 76x76.
+    """
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        layers = [nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), _gn(64), nn.ReLU(inplace=True),
+                  nn.MaxPool2d(3, 2, 1)]
+        cin = 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.nets = nn.Sequential(*layers)
+        for m in self.modules():  # torchvision's init
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        return self.nets(x)
+
+
+class SpatialSoftmax(nn.Module):
+    """1x1 conv to `num_kp` maps, softmax over positions, expected (x, y) per keypoint.
+
+    x: (N, C, H, W) -> (N, num_kp, 2) with positions from linspace(-1, 1) (x along W, y along H).
+    """
+
+    def __init__(self, in_shape: Sequence[int], num_kp: int = 32, temperature: float = 1.0):
+        super().__init__()
+        c, h, w = in_shape
+        self.nets = nn.Conv2d(c, num_kp, kernel_size=1)
+        self.num_kp = num_kp
+        gx, gy = torch.meshgrid(torch.linspace(-1.0, 1.0, w), torch.linspace(-1.0, 1.0, h), indexing="xy")
+        self.register_buffer("pos_x", gx.reshape(1, h * w).float())
+        self.register_buffer("pos_y", gy.reshape(1, h * w).float())
+        self.register_buffer("temperature", torch.full((1,), float(temperature)))
+
+    def forward(self, x):
+        f = self.nets(x)
+        f = f.reshape(-1, f.shape[-2] * f.shape[-1])  # (N * K, HW)
+        att = F.softmax(f / self.temperature, dim=-1)
+        ex = (self.pos_x * att).sum(1, keepdim=True)
+        ey = (self.pos_y * att).sum(1, keepdim=True)
+        return torch.cat([ex, ey], 1).reshape(-1, self.num_kp, 2)
+
+
+class VisualCore(nn.Module):
+    """backbone -> SpatialSoftmax -> flatten -> Linear(2 * num_kp, feature_dim).
+
+    The Linear sits in `nets["3"]` to keep the original's `nets.3.*` parameter names.
+    """
+
+    def __init__(self, in_shape: Sequence[int], feature_dim: int = 64, num_kp: int = 32):
+        super().__init__()
+        c, h, w = in_shape
+        self.backbone = ResNet18Conv(c)
+        fh, fw = _resnet_out_hw(h, w)
+        self.pool = SpatialSoftmax((512, fh, fw), num_kp)
+        self.nets = nn.ModuleDict({"3": nn.Linear(2 * num_kp, feature_dim)})
+
+    def forward(self, x):
+        kp = self.pool(self.backbone(x))
+        return self.nets["3"](kp.flatten(1))
+
+
+def _resnet_out_hw(h: int, w: int) -> Tuple[int, int]:
+    def down(n, k, s, p):
+        return (n + 2 * p - k) // s + 1
+    for _ in range(1):
+        h, w = down(h, 7, 2, 3), down(w, 7, 2, 3)
+        h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)
+    for _ in range(3):
+        h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)
+    return h, w
+
+
+def center_crop_offsets(h: int, w: int, ch: int, cw: int) -> Tuple[int, int]:
+    """torchvision center_crop's top/left: int(round((H - h) / 2)) (Python rounding)."""
+    return int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+
+
+def crop_ref(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, ch: int, cw: int) -> torch.Tensor:
+    """Crop each image at its own offset. x: (N, C, H, W); top, left: (N,) int64 -> (N, C, ch, cw)."""
+    n, c, h, w = x.shape
+    rows = top.reshape(n, 1) + torch.arange(ch, device=x.device)  # (N, ch)
+    cols = left.reshape(n, 1) + torch.arange(cw, device=x.device)  # (N, cw)
+    idx_r = rows.reshape(n, 1, ch, 1).expand(n, c, ch, w)
+    out = torch.gather(x, 2, idx_r)
+    idx_c = cols.reshape(n, 1, 1, cw).expand(n, c, ch, cw)
+    return torch.gather(out, 3, idx_c)
+
+
+def random_crop_offsets(n: int, h: int, w: int, ch: int, cw: int, mode: str = "uniform",
+                        generator: Optional[torch.Generator] = None, device=None):
+    """Training-crop offsets (top, left), each (N,) int64.
+
+    mode "uniform": every valid offset 0..H-h equally likely. mode "original": the original's
+    `(M * rand).long()` with M = H - h, which never returns M (drawn top first, then left).
+    """
+    mh, mw = h - ch, w - cw
+    if mode == "original":
+        top = (mh * torch.rand(n, 1, generator=generator, device=device)).long().reshape(n)
+        left = (mw * torch.rand(n, 1, generator=generator, device=device)).long().reshape(n)
+    elif mode == "uniform":
+        top = torch.randint(0, mh + 1, (n,), generator=generator, device=device)
+        left = torch.randint(0, mw + 1, (n,), generator=generator, device=device)
+    else:
+        raise ValueError(f"crop mode must be 'uniform' or 'original', got {mode!r}")
+    return top, left
+
+
+class ObsEncoder(nn.Module):
+    """Multi-camera encoder for any shape_meta.
+
+    obs: {key: (N, *shape)} normalized (images in [-1, 1], CHW) -> (N, D) with, in shape_meta
+    order, ReLU(VisualCore(crop(image))) (64 each) for rgb keys and the values for low-dim keys.
+    In train mode, crops are random unless `crop_offsets[key] = (top, left)` is given.
+    """
+
+    def __init__(self, shape_meta: Dict, crop_shape: Optional[Sequence[int]] = (76, 76),
+                 crop_mode: str = "uniform", feature_dim: int = 64):
+        super().__init__()
+        self.obs_meta = {k: dict(v) for k, v in shape_meta["obs"].items()}
+        self.crop_shape = tuple(crop_shape) if crop_shape is not None else None
+        self.crop_mode = crop_mode
+        self.obs_nets = nn.ModuleDict()
+        self.feature_dims: Dict[str, int] = {}
+        for key, meta in self.obs_meta.items():
+            shape = list(meta["shape"])
+            if meta.get("type", "low_dim") == "rgb":
+                c, h, w = shape
+                if self.crop_shape is not None:
+                    if self.crop_shape[0] > h or self.crop_shape[1] > w:
+                        raise ValueError(f"crop_shape {self.crop_shape} larger than image '{key}' {shape}")
+                    h, w = self.crop_shape
+                self.obs_nets[key] = VisualCore((c, h, w), feature_dim)
+                self.feature_dims[key] = feature_dim
+            else:
+                self.feature_dims[key] = int(torch.Size(shape).numel())
+        self.output_dim = sum(self.feature_dims.values())
+
+    def crop(self, key: str, x: torch.Tensor, offsets=None, generator=None) -> torch.Tensor:
+        if self.crop_shape is None:
+            return x
+        ch, cw = self.crop_shape
+        n, _, h, w = x.shape
+        if offsets is None and not self.training:
+            top, left = center_crop_offsets(h, w, ch, cw)
+            return x[:, :, top:top + ch, left:left + cw]
+        if offsets is None:
+            offsets = random_crop_offsets(n, h, w, ch, cw, self.crop_mode, generator, x.device)
+        return crop_ref(x, offsets[0], offsets[1], ch, cw)
+
+    def forward(self, obs: Dict[str, torch.Tensor], crop_offsets=None, generator=None) -> torch.Tensor:
+        feats = []
+        for key, meta in self.obs_meta.items():
+            x = obs[key]
+            if key in self.obs_nets:
+                off = None if crop_offsets is None else crop_offsets.get(key)
+                x = self.crop(key, x, off, generator)
+                feats.append(F.relu(self.obs_nets[key](x)))
+            else:
+                feats.append(x.reshape(x.shape[0], -1))
+        return torch.cat(feats, dim=-1)

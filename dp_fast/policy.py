@@ -1,0 +1,303 @@
+"""DiffusionPolicy: normalize -> encode observations -> denoise an action chunk -> unnormalize.
+
+The reference path is plain PyTorch and follows the original DiffusionTransformerHybridImagePolicy
+(REFERENCE.md). Three trajectory modes, as the original:
+  * obs_as_cond (default): observation features are condition tokens; the model denoises (B, horizon, Da).
+  * obs_as_cond + pred_action_steps_only: the model denoises only the executed (B, n_action_steps, Da).
+  * obs_as_cond=False: inpainting over (B, horizon, Da + Do), the first n_obs_steps rows' observation
+    features fixed by a mask at every step.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import PolicyConfig
+from .models.transformer import TransformerForDiffusion
+from .models.vision import ObsEncoder
+from .normalizer import LinearNormalizer, image_range_field
+from .schedulers import NoiseScheduler
+
+
+class ObsError(ValueError):
+    """Bad observation or noise input to predict_action / compute_loss."""
+
+
+class DiffusionPolicy(nn.Module):
+    def __init__(self, config: Optional[PolicyConfig] = None, backend: Optional[str] = None):
+        super().__init__()
+        config = config or PolicyConfig()
+        self.config = config
+        self.normalizer = LinearNormalizer()
+        self.obs_encoder = ObsEncoder(config.shape_meta, config.crop_shape, config.crop_mode)
+        self.obs_feature_dim = self.obs_encoder.output_dim
+        self.action_dim = config.action_dim
+        da, do = self.action_dim, self.obs_feature_dim
+        in_dim = da if config.obs_as_cond else da + do
+        self.model = TransformerForDiffusion(
+            input_dim=in_dim, output_dim=in_dim, horizon=config.horizon, n_obs_steps=config.n_obs_steps,
+            cond_dim=do if config.obs_as_cond else 0, n_layer=config.n_layer, n_head=config.n_head,
+            n_emb=config.n_emb, p_drop_emb=config.p_drop_emb, p_drop_attn=config.p_drop_attn,
+            causal_attn=config.causal_attn, time_as_cond=config.time_as_cond,
+            n_cond_layers=config.n_cond_layers)
+        self.noise_scheduler = NoiseScheduler(config.scheduler)
+        self._init_normalizer()
+        from .backends import resolve_policy_backend  # late import: backends imports ops
+        self.backend = resolve_policy_backend(backend)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def horizon(self) -> int:
+        return self.config.horizon
+
+    @property
+    def n_obs_steps(self) -> int:
+        return self.config.n_obs_steps
+
+    @property
+    def n_action_steps(self) -> int:
+        return self.config.n_action_steps
+
+    @property
+    def num_inference_steps(self) -> int:
+        return self.config.inference_steps
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.head.weight.dtype
+
+    def trajectory_shape(self, batch: int):
+        """(B, T, D) of the denoised trajectory for this policy's mode."""
+        c = self.config
+        if not c.obs_as_cond:
+            return (batch, c.horizon, self.action_dim + self.obs_feature_dim)
+        t = c.n_action_steps if c.pred_action_steps_only else c.horizon
+        return (batch, t, self.action_dim)
+
+    # ------------------------------------------------------------------ normalizer
+    def _init_normalizer(self):
+        """Identity for low-dim keys and actions, [0,1] -> [-1,1] for images, until set_normalizer."""
+        for key, meta in self.config.shape_meta["obs"].items():
+            if meta.get("type", "low_dim") == "rgb":
+                self.normalizer.set_field(key, *image_range_field())
+            else:
+                n = int(meta["shape"][-1])
+                self.normalizer.set_field(key, torch.ones(n), torch.zeros(n))
+        self.normalizer.set_field("action", torch.ones(self.action_dim), torch.zeros(self.action_dim))
+
+    def set_normalizer(self, normalizer: LinearNormalizer) -> None:
+        missing = [k for k in list(self.config.shape_meta["obs"]) + ["action"] if k not in normalizer]
+        if missing:
+            raise KeyError(f"normalizer lacks fields {missing}")
+        self.normalizer.load_state_dict(normalizer.state_dict())
+
+    # ------------------------------------------------------------------ input checks
+    def prepare_obs(self, obs: Mapping[str, torch.Tensor], steps: Optional[int] = None):
+        """Check obs; return ({key: normalized (B * steps, ...)} of the first `steps` frames, B).
+
+        obs[key]: (B, To', *shape) with To' >= steps; images (B, To', C, H, W) uint8 or float in [0, 1].
+        """
+        steps = self.n_obs_steps if steps is None else steps
+        if not isinstance(obs, Mapping):
+            raise ObsError(f"obs must be a dict of tensors keyed by {list(self.config.shape_meta['obs'])}, "
+                           f"got {type(obs).__name__}")
+        out, batch = {}, None
+        device, dtype = self.device, self.dtype
+        for key, meta in self.config.shape_meta["obs"].items():
+            if key not in obs:
+                raise ObsError(f"obs is missing key '{key}' (expected (B, >={steps}, {', '.join(map(str, meta['shape']))})); "
+                               f"given keys: {sorted(obs)}")
+            x = obs[key]
+            shape = tuple(int(s) for s in meta["shape"])
+            is_rgb = meta.get("type", "low_dim") == "rgb"
+            if not torch.is_tensor(x):
+                raise ObsError(f"obs['{key}'] must be a torch.Tensor, got {type(x).__name__}")
+            if x.ndim != 2 + len(shape) or tuple(x.shape[2:]) != shape or x.shape[1] < steps:
+                raise ObsError(f"obs['{key}'] must have shape (B, >={steps}, {', '.join(map(str, shape))}), "
+                               f"got {tuple(x.shape)}")
+            if batch is None:
+                batch = x.shape[0]
+            elif x.shape[0] != batch:
+                raise ObsError(f"obs['{key}'] has batch size {x.shape[0]}, other keys have {batch}")
+            allowed = "uint8 or floating" if is_rgb else "floating"
+            if not (x.is_floating_point() or (is_rgb and x.dtype == torch.uint8)):
+                raise ObsError(f"obs['{key}'] must be {allowed}, got dtype {x.dtype}")
+            x = x[:, :steps].to(device)
+            if x.dtype == torch.uint8:
+                x = x.to(dtype) / 255.0
+            else:
+                x = x.to(dtype)
+            # A NaN check on CUDA would synchronise with the host; check CPU tensors only.
+            if x.device.type == "cpu" and not torch.isfinite(x).all():
+                raise ObsError(f"obs['{key}'] contains NaN or Inf values")
+            out[key] = self.normalizer.normalize_key(key, x.reshape(-1, *shape))
+        return out, batch
+
+    def _check_noise(self, noise: torch.Tensor, batch: int) -> torch.Tensor:
+        want = (self.noise_draws(),) + self.trajectory_shape(batch)
+        if not torch.is_tensor(noise) or tuple(noise.shape) != want:
+            got = tuple(noise.shape) if torch.is_tensor(noise) else type(noise).__name__
+            raise ObsError(f"noise must have shape (K, B, T, D) = {want} (K = num_inference_steps; "
+                           f"K + 1 for DDIM with eta > 0), got {got}")
+        if not noise.is_floating_point():
+            raise ObsError(f"noise must be floating point, got dtype {noise.dtype}")
+        return noise.to(self.device, self.dtype)
+
+    # ------------------------------------------------------------------ inference
+    def encode_obs(self, nobs: Dict[str, torch.Tensor], batch: int) -> torch.Tensor:
+        """(B * To, ...) normalized obs -> (B, To, Do) features."""
+        return self.obs_encoder(nobs).reshape(batch, self.n_obs_steps, -1)
+
+    @torch.no_grad()
+    def predict_action(self, obs: Mapping[str, torch.Tensor], noise: Optional[torch.Tensor] = None,
+                       generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        """obs: {key: (B, To', ...)} -> {"action": (B, n_action_steps, Da), "action_pred": (B, T, Da)}.
+
+        noise: optional (K, B, T, D) with noise[0] the initial sample and noise[i + 1] the step noise
+        of loop iteration i (the original's draw order); otherwise drawn from `generator` (or the
+        global RNG) in that same order.
+        """
+        nobs, batch = self.prepare_obs(obs)
+        if noise is not None:
+            noise = self._check_noise(noise, batch)
+        feats = self.encode_obs(nobs, batch)
+        traj = self.sample(feats, noise, generator)
+        return self._actions_from_trajectory(traj)
+
+    def _condition(self, feats: torch.Tensor):
+        """Returns (cond for the transformer, inpainting data, inpainting mask)."""
+        if self.config.obs_as_cond:
+            return feats, None, None
+        b, to, do = feats.shape
+        shape = self.trajectory_shape(b)
+        data = torch.zeros(shape, device=feats.device, dtype=feats.dtype)
+        mask = torch.zeros(shape, device=feats.device, dtype=torch.bool)
+        data[:, :to, self.action_dim:] = feats
+        mask[:, :to, self.action_dim:] = True
+        return None, data, mask
+
+    def noise_draws(self) -> int:
+        """Leading size of `noise`: K for DDPM (and DDIM with eta = 0), K + 1 for DDIM with eta > 0."""
+        k = self.num_inference_steps
+        return max(k, self.noise_scheduler.num_noise(k))
+
+    def sample(self, feats: torch.Tensor, noise: Optional[torch.Tensor] = None,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Reference K-step denoising loop. feats: (B, To, Do) -> normalized trajectory (B, T, D).
+
+        Noise is consumed in the original's order: noise[0] initial sample, then one entry per loop
+        iteration that draws step noise (DDPM: every t > 0, so iteration i uses noise[i + 1]).
+        """
+        shape = self.trajectory_shape(feats.shape[0])
+        cond, data, mask = self._condition(feats)
+        sched = self.noise_scheduler
+        if sched.device != feats.device:
+            sched.to(feats.device)
+        k = self.num_inference_steps
+        timesteps = sched.timesteps(k)
+        draws = sched.noise_draws(k)
+        used = 0
+
+        def draw():
+            nonlocal used
+            used += 1
+            if noise is not None:
+                return noise[used - 1]
+            return torch.randn(shape, generator=generator, device=feats.device, dtype=feats.dtype)
+
+        x = draw()
+        for i in range(k):
+            t = timesteps[i]
+            if mask is not None:
+                x = torch.where(mask, data, x)
+            eps = self.model(x, t, cond)
+            x = sched.step(eps, t, x, draw() if draws[i] else None, k)
+        if mask is not None:
+            x = torch.where(mask, data, x)
+        return x
+
+    def _actions_from_trajectory(self, traj: torch.Tensor) -> Dict[str, torch.Tensor]:
+        action_pred = self.normalizer.unnormalize_key("action", traj[..., :self.action_dim])
+        if self.config.pred_action_steps_only:
+            action = action_pred
+        else:
+            start = self.n_obs_steps - 1
+            action = action_pred[:, start:start + self.n_action_steps]
+        return {"action": action, "action_pred": action_pred}
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(self, batch: Mapping, noise: Optional[torch.Tensor] = None,
+                     timesteps: Optional[torch.Tensor] = None, crop_offsets=None,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Denoising loss of the original. batch: {"obs": {key: (B, To', ...)}, "action": (B, T, Da)}.
+
+        noise / timesteps / crop_offsets ({key: (top (N,), left (N,))}) may be injected; otherwise
+        drawn from `generator` in the order crops, noise, timesteps.
+        """
+        c = self.config
+        if "obs" not in batch or "action" not in batch:
+            raise ObsError(f"batch must have keys 'obs' and 'action', got {sorted(batch)}")
+        act = batch["action"]
+        want = (c.horizon, self.action_dim)
+        if not torch.is_tensor(act) or act.ndim != 3 or tuple(act.shape[1:]) != want:
+            got = tuple(act.shape) if torch.is_tensor(act) else type(act).__name__
+            raise ObsError(f"batch['action'] must have shape (B, {want[0]}, {want[1]}), got {got}")
+        bsz = act.shape[0]
+        steps = c.n_obs_steps if c.obs_as_cond else c.horizon
+        nobs, nb = self.prepare_obs(batch["obs"], steps)
+        if nb != bsz:
+            raise ObsError(f"batch obs have batch size {nb}, batch['action'] has {bsz}")
+        nact = self.normalizer.normalize_key("action", act.to(self.device, self.dtype))
+        feats = self.obs_encoder(nobs, crop_offsets, generator).reshape(bsz, steps, -1)
+        cond, traj, cmask = None, nact, None
+        if c.obs_as_cond:
+            cond = feats
+            if c.pred_action_steps_only:
+                start = c.n_obs_steps - 1
+                traj = nact[:, start:start + c.n_action_steps]
+        else:
+            traj = torch.cat([nact, feats], dim=-1).detach()
+            cmask = torch.zeros_like(traj, dtype=torch.bool)
+            cmask[:, :c.n_obs_steps, self.action_dim:] = True
+        if noise is None:
+            noise = torch.randn(traj.shape, generator=generator, device=traj.device, dtype=traj.dtype)
+        if timesteps is None:
+            timesteps = torch.randint(0, c.scheduler.num_train_timesteps, (bsz,), generator=generator,
+                                      device=traj.device)
+        sched = self.noise_scheduler.to(traj.device)
+        noisy = sched.add_noise(traj, noise, timesteps)
+        if cmask is not None:
+            noisy = torch.where(cmask, traj, noisy)
+        pred = self.model(noisy, timesteps, cond)
+        target = noise if c.scheduler.prediction_type == "epsilon" else traj
+        loss = F.mse_loss(pred, target, reduction="none")
+        if cmask is not None:
+            loss = loss * (~cmask).to(loss.dtype)
+        return loss.reshape(bsz, -1).mean(1).mean()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        from .checkpoint import save_policy
+        save_policy(self, path)
+
+    def get_optim_groups(self, transformer_weight_decay: float, obs_encoder_weight_decay: float):
+        """AdamW groups of the original: decay on transformer Linear / attention weights, none on
+        biases, LayerNorm weights and position embeddings; obs encoder in its own group."""
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            owner = self.model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else self.model
+            if leaf.endswith("bias") or isinstance(owner, nn.LayerNorm) or leaf in ("pos_emb", "cond_pos_emb"):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        return [{"params": decay, "weight_decay": transformer_weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+                {"params": list(self.obs_encoder.parameters()), "weight_decay": obs_encoder_weight_decay}]
