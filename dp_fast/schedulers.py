@@ -20,6 +20,7 @@ draws nothing; DDIM with eta > 0 draws in every iteration (diffusers does so eve
 from __future__ import annotations
 
 import math
+import operator
 from typing import Dict, List, Optional, Union
 
 import torch
@@ -86,7 +87,8 @@ class NoiseScheduler:
         betas = _betas(cfg)
         if not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError(f"scheduler betas must lie in (0, 1); beta_schedule={cfg.beta_schedule!r} with "
-                             f"beta_start={cfg.beta_start}, beta_end={cfg.beta_end} gives [{betas.min()}, {betas.max()}]")
+                             f"beta_start={cfg.beta_start}, beta_end={cfg.beta_end} gives "
+                             f"[{betas.min().item()}, {betas.max().item()}]")
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
@@ -111,11 +113,15 @@ class NoiseScheduler:
 
     # ---------------------------------------------------------------------------------- timesteps
     def _timestep_list(self, num_inference_steps: int) -> List[int]:
-        if num_inference_steps in self._ts_cache:
-            return self._ts_cache[num_inference_steps][0]
         k, n = num_inference_steps, self.num_train_timesteps
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"num_inference_steps must be a python int in [1, {n}], got {k!r}")
+        try:
+            k = operator.index(k)
+        except TypeError:
+            raise TypeError(f"num_inference_steps must be an int in [1, {n}], got {k!r}") from None
+        if isinstance(num_inference_steps, bool):
+            raise TypeError(f"num_inference_steps must be an int in [1, {n}], got {k!r}")
+        if k in self._ts_cache:
+            return self._ts_cache[k][0]
         if not 1 <= k <= n:
             raise ValueError(f"num_inference_steps must be in [1, num_train_timesteps={n}], got {k}")
         ratio = n // k
@@ -144,7 +150,8 @@ class NoiseScheduler:
         return self._abar[prev] if prev >= 0 else self._abar_final
 
     def _ddpm_alpha_beta(self, num_inference_steps: int, t: int):
-        """(alpha, beta) of the DDPM step from t: betas[t] itself for a one-train-step move, else 1 - abar_t/abar_prev."""
+        """(alpha, beta) of the DDPM step from t: stored alphas[t], betas[t] for a one-train-step move, else
+        1 - beta = abar_t / abar_prev (see the class docstring)."""
         if self._prev_t(num_inference_steps, t) == t - 1:
             return self._alpha[t], self._beta[t]
         alpha = self._abar[t] / self._prev_abar(num_inference_steps, t)
@@ -162,7 +169,7 @@ class NoiseScheduler:
         return 1 + sum(self.noise_draws(num_inference_steps))
 
     def _variance(self, a_t: float, a_prev: float) -> float:
-        """Posterior variance (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev) (both kinds)."""
+        """DDIM's variance (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)."""
         return (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
 
     def _ddim_direction(self, a_prev: float, std: float) -> float:
@@ -188,7 +195,7 @@ class NoiseScheduler:
                              f"got {tuple(t.shape)}")
         abar = self.alphas_cumprod.to(device=x0.device, dtype=x0.dtype)[t.to(x0.device)]  # (B,)
         bshape = (-1,) + (1,) * (x0.dim() - 1)
-        # `** 0.5` (not sqrt) and this operation order reproduce diffusers' add_noise bit for bit.
+        # Same ops in the same order as diffusers' add_noise, so the result is bit-identical to it.
         return (abar ** 0.5).reshape(bshape) * x0 + ((1 - abar) ** 0.5).reshape(bshape) * noise
 
     # ---------------------------------------------------------------------------------- reference step
@@ -203,7 +210,7 @@ class NoiseScheduler:
         cfg = self.config
         k = self.num_train_timesteps if num_inference_steps is None else num_inference_steps
         ts = self._timestep_list(k)
-        t = self._timestep_int(t)
+        k, t = len(ts), self._timestep_int(t)
         if cfg.kind == "ddpm" and t not in self._ts_cache[k][1]:
             raise ValueError(f"timestep {t} is not one of the {k} DDPM timesteps {ts[:3]}...{ts[-1:]} "
                              f"(num_inference_steps={k})")
@@ -221,10 +228,8 @@ class NoiseScheduler:
 
         if cfg.prediction_type == "epsilon":
             x0 = (sample - beta_prod_t ** 0.5 * model_output) / a_t ** 0.5
-            eps = model_output
-        else:  # "sample"; DDIM derives eps from the unclipped x0
+        else:
             x0 = model_output
-            eps = (sample - a_t ** 0.5 * model_output) / beta_prod_t ** 0.5
         if cfg.clip_sample:
             x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
 
@@ -237,6 +242,11 @@ class NoiseScheduler:
             # fixed_small: sqrt(var); fixed_small_log: exp(0.5 log var) -- the same number.
             return mean + math.sqrt(max((1.0 - a_prev) / beta_prod_t * beta_t, _MIN_VARIANCE)) * noise
 
+        # DDIM's eps comes from the model output, i.e. from the unclipped x0 (use_clipped_model_output=False)
+        if cfg.prediction_type == "epsilon":
+            eps = model_output
+        else:
+            eps = (sample - a_t ** 0.5 * model_output) / beta_prod_t ** 0.5
         std = cfg.eta * math.sqrt(self._variance(a_t, a_prev))
         prev = a_prev ** 0.5 * x0 + self._ddim_direction(a_prev, std) * eps
         return prev + std * noise if needs_noise else prev
@@ -259,28 +269,29 @@ class NoiseScheduler:
 
         Coefficients are computed in float64 from the float32 alphas_cumprod and cast once. Cached per K.
         """
-        k = num_inference_steps
+        timesteps = self._timestep_list(num_inference_steps)
+        k = len(timesteps)
         if k in self._tables:
             return self._tables[k]
         cfg = self.config
         r = cfg.clip_sample_range if cfg.clip_sample else math.inf
         rows = []
-        for t in self._timestep_list(k):
+        for t in timesteps:
             a_t, a_prev = self._abar[t], self._prev_abar(k, t)
             sa, sb = math.sqrt(a_t), math.sqrt(1.0 - a_t)
             if cfg.prediction_type == "epsilon":
                 a, b, c, d = 1.0 / sa, -sb / sa, 0.0, 1.0
             else:
                 a, b, c, d = 0.0, 1.0, 1.0 / sb, -sa / sb
-            var = self._variance(a_t, a_prev)
             if cfg.kind == "ddpm":
                 alpha, beta = self._ddpm_alpha_beta(k, t)
                 c = d = g = 0.0
                 e = math.sqrt(a_prev) * beta / (1.0 - a_t)
                 f = math.sqrt(alpha) * (1.0 - a_prev) / (1.0 - a_t)
-                sigma = math.sqrt(max((1.0 - a_prev) / (1.0 - a_t) * beta, _MIN_VARIANCE)) if self._draws_noise(t) else 0.0
+                var = (1.0 - a_prev) / (1.0 - a_t) * beta
+                sigma = math.sqrt(max(var, _MIN_VARIANCE)) if self._draws_noise(t) else 0.0
             else:
-                sigma = cfg.eta * math.sqrt(var)
+                sigma = cfg.eta * math.sqrt(self._variance(a_t, a_prev))
                 e, f, g = math.sqrt(a_prev), 0.0, self._ddim_direction(a_prev, sigma)
             rows.append((a, b, c, d, e, f, g, sigma, -r, r))
         table = torch.tensor(rows, dtype=torch.float64).to(torch.float32).to(self.device)
@@ -307,7 +318,8 @@ def step_from_table(table: torch.Tensor, i: Union[int, torch.Tensor], sample: to
         _check_like("noise", noise, sample)
     if isinstance(i, torch.Tensor):
         if not _is_int_tensor(i) or i.numel() != 1:
-            raise TypeError(f"i must be an integer tensor with one element, got dtype {i.dtype} shape {tuple(i.shape)}")
+            raise TypeError(f"i must be an integer tensor with one element, got dtype {i.dtype} "
+                            f"shape {tuple(i.shape)}")
         row = table.index_select(0, i.reshape(1).to(table.device))[0]  # (10,), gathered on the device
     elif isinstance(i, int) and not isinstance(i, bool):
         if not 0 <= i < table.shape[0]:
