@@ -1,7 +1,8 @@
-"""`dp-fast` command line: demo, predict-bench (and, as they land, demos / train / eval)."""
+"""`dp-fast` command line: demo, demos, train, eval (each listed only once its module exists)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import sys
 import time
@@ -89,7 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--workdir", default="out/demo")
     d.set_defaults(func=_demo)
+    # Subcommands that live in their own modules: each module defines add_arguments(parser) and
+    # run(args) -> int. A module that is not there yet (or whose optional extra is missing at import)
+    # is simply not offered; modules import their heavy dependencies inside run().
+    for name, module, help_text in _PLUGINS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is not None and module.startswith(e.name):
+                continue  # the module (or its package) has not landed yet
+            raise
+        sp = sub.add_parser(name, help=help_text)
+        mod.add_arguments(sp)
+        sp.set_defaults(func=mod.run)
     return p
+
+
+_PLUGINS = (
+    ("demos", "dp_fast.sim.demos", "generate scripted-expert demonstrations in robomimic's hdf5 layout"),
+    ("train", "dp_fast.train.cli", "train a policy from a robomimic-format hdf5 file (resumes in the same --out)"),
+    ("eval", "dp_fast.sim.eval", "evaluate a policy by rollouts in robosuite"),
+)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
