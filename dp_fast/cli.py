@@ -21,35 +21,67 @@ def _demo(args) -> int:
         if path.suffix == ".zst":
             path = _decompress_zst(path, Path(args.workdir))
         print(f"loading {path}")
-        policy = load_policy(path, device=args.device, backend=args.backend)
+
+        def build(backend):
+            return load_policy(path, device=args.device, backend=backend)
     else:
         print("no --checkpoint given: building the seed configuration with random weights")
-        policy = DiffusionPolicy(PolicyConfig(), backend=args.backend).to(args.device).eval()
-        out = Path(args.workdir) / "seed_policy.safetensors"
-        policy.save(out)
-        policy = load_policy(out, device=args.device, backend=args.backend)
-        print(f"saved and re-loaded {out}")
+        policy = DiffusionPolicy(PolicyConfig(), backend="reference").to(args.device).eval()
+        path = Path(args.workdir) / "seed_policy.safetensors"
+        policy.save(path)
+        print(f"saved {path}; loading it back")
+
+        def build(backend):
+            return load_policy(path, device=args.device, backend=backend)
+    policy = build(args.backend)
     c = policy.config
     print(f"policy: {len(c.rgb_keys)} camera(s) {list(c.rgb_keys)}, low-dim {list(c.low_dim_keys)}, "
           f"horizon {c.horizon}, n_obs_steps {c.n_obs_steps}, n_action_steps {c.n_action_steps}, "
-          f"{c.n_layer} layers x {c.n_emb}, K = {policy.num_inference_steps} {c.scheduler.kind} steps, "
-          f"backend {policy.backend}")
-    print("backends:", {k: v["available"] for k, v in backends().items()})
-    obs = _random_obs(policy, args.batch)
-    times = []
-    for i in range(args.repeats + 1):
-        t0 = time.perf_counter()
-        out = policy.predict_action(obs)
-        if out["action"].is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    times = times[1:]  # first call warms up
+          f"{c.n_layer} layers x {c.n_emb}, K = {policy.num_inference_steps} {c.scheduler.kind} steps")
+    print("backends:", ", ".join(f"{k}: {'yes' if v['available'] else 'no'}" for k, v in backends().items()))
     torch.set_printoptions(precision=4, sci_mode=False)
-    print(f"action chunk for batch element 0 (shape {tuple(out['action'].shape)}):")
+
+    noise = None
+    if args.expected:
+        # Ground truth recorded from the original diffusion_policy code for this checkpoint:
+        # the same observations and injected noise must give the same actions.
+        exp = torch.load(args.expected, map_location=args.device, weights_only=True)
+        obs, noise = exp["obs"], exp["noise"]
+        with torch.no_grad():
+            out = policy.predict_action(obs, noise=noise)
+        err = (out["action"] - exp["action"]).abs().max().item()
+        print(f"actions vs the original implementation's recorded actions (same obs and noise): "
+              f"max |diff| = {err:.2e}")
+    else:
+        obs = _random_obs(policy, args.batch)
+        with torch.no_grad():
+            out = policy.predict_action(obs)
+    print(f"action chunk for batch element 0 (shape {tuple(out['action'].shape)}, backend {policy.backend}):")
     print(out["action"][0].cpu())
-    print(f"predict_action latency over {len(times)} calls (B={args.batch}, {torch.get_num_threads()} threads): "
-          f"median {statistics.median(times) * 1e3:.1f} ms, min {min(times) * 1e3:.1f} ms")
+
+    rows = [policy.backend] + (["reference"] if policy.backend != "reference" else [])
+    batch = next(iter(obs.values())).shape[0]
+    print(f"predict_action latency, B={batch}, {torch.get_num_threads()} threads, "
+          f"{args.repeats} calls after a warm-up:")
+    for name in rows:
+        p = policy if name == policy.backend else build(name)
+        times = _time_predict(p, obs, noise, args.repeats)
+        print(f"  {name:10s} median {statistics.median(times) * 1e3:8.1f} ms   min {min(times) * 1e3:8.1f} ms")
     return 0
+
+
+def _time_predict(policy, obs, noise, repeats: int) -> List[float]:
+    import torch
+
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            out = policy.predict_action(obs, noise=noise)
+            if out["action"].is_cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return times[1:]  # the first call warms up
 
 
 def _random_obs(policy, batch: int):
@@ -83,9 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="load a checkpoint (or build the seed config), predict actions, print latency")
     d.add_argument("--checkpoint", help="dp_fast .safetensors, original .ckpt, or .ckpt.zst")
+    d.add_argument("--expected", help="recorded outputs of the original code for this checkpoint (obs, noise, "
+                                      "action); the demo then checks the actions against them")
     d.add_argument("--device", default="cpu")
     d.add_argument("--backend", default=None)
-    d.add_argument("--batch", type=int, default=1)
+    d.add_argument("--batch", type=int, default=1, help="batch of random observations (without --expected)")
     d.add_argument("--repeats", type=int, default=3)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--workdir", default="out/demo")

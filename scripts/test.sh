@@ -5,9 +5,7 @@
 #   bash scripts/test.sh [pytest args...]
 #
 # Environment:
-#   PYTHON                          interpreter for a new .venv (default python3)
-#   DP_FAST_TORCH / DP_FAST_TRITON  pins for the test venv (default torch==2.13.0, triton==3.6.0:
-#                                   CPU torch; the Triton version of the GPU machines)
+#   PYTHON, DP_FAST_TORCH, DP_FAST_TRITON, DP_FAST_EXTRAS   the venv (see scripts/setup.sh)
 #   DP_FAST_SKIP_GPU_BUILD_CHECK=1  skip the CUDA / Triton compile checks (they need nvcc and
 #                                   ~5.5 GB for a CUDA build of torch)
 #   DP_FAST_STRICT_BUILD=0          let the install succeed without the extension (default here: a
@@ -16,10 +14,6 @@
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON=${PYTHON:-python3}
-VENV=.venv
-TORCH_SPEC=${DP_FAST_TORCH:-torch==2.13.0}
-TRITON_SPEC=${DP_FAST_TRITON:-triton==3.6.0}
 export DP_FAST_STRICT_BUILD=${DP_FAST_STRICT_BUILD:-1}
 
 T0=$(date +%s)
@@ -45,21 +39,7 @@ summary() {
   printf '  %s\n' "${SUMMARY[@]}"
 }
 
-pip_install() {  # pip's warnings about index directories that lack a package are noise here
-  "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
-}
-
-setup_venv() {
-  if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV" || return 1
-  fi
-  # torch first: with it installed, the project's `torch>=2.4` does not pull a CUDA build.
-  pip_install "$TORCH_SPEC" "$TRITON_SPEC" "setuptools>=70.1" ninja
-}
-
-install_project() {
-  pip_install --no-build-isolation -e ".[dev,triton]"
-}
+. scripts/setup.sh  # setup_venv, install_project
 
 run_pytest() {
   # a strict build must also load: tests/test_build.py fails if the extension is missing

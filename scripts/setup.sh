@@ -1,0 +1,30 @@
+# Sourced by scripts/test.sh and scripts/demo.sh: the project's .venv with CPU torch, triton and dp_fast
+# installed editable with its C++ extension. Defines setup_venv, install_project and pip_install.
+#
+# Environment:
+#   PYTHON                          interpreter for a new .venv (default python3)
+#   DP_FAST_TORCH / DP_FAST_TRITON  pins (default torch==2.13.0, triton==3.6.0: CPU torch; the Triton
+#                                   version of the GPU machines)
+#   DP_FAST_EXTRAS                  extras to install (default dev,triton)
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+TORCH_SPEC=${DP_FAST_TORCH:-torch==2.13.0}
+TRITON_SPEC=${DP_FAST_TRITON:-triton==3.6.0}
+DP_FAST_EXTRAS=${DP_FAST_EXTRAS:-dev,triton}
+
+pip_install() {  # pip's warnings about index directories that lack a package are noise here
+  "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+
+setup_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV" || return 1
+  fi
+  # torch first: with it installed, the project's `torch>=2.4` does not pull a CUDA build.
+  pip_install "$TORCH_SPEC" "$TRITON_SPEC" "setuptools>=70.1" ninja
+}
+
+install_project() {
+  pip_install --no-build-isolation -e ".[$DP_FAST_EXTRAS]"
+}
+
