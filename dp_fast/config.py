@@ -85,6 +85,9 @@ class PolicyConfig:
     obs_as_cond: bool = True
     pred_action_steps_only: bool = False
     crop_mode: str = "uniform"
+    # ResNet18 base width (channels of the stem and first stage; later stages double it). 64 is the
+    # original; smaller values (a multiple of 16, for GroupNorm's C // 16 groups) make CPU-sized presets.
+    vision_width: int = 64
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self):
@@ -103,6 +106,9 @@ class PolicyConfig:
                 raise ValueError(f"shape_meta obs '{key}': type must be 'rgb' or 'low_dim', got {kind!r}")
             if kind == "rgb" and len(meta["shape"]) != 3:
                 raise ValueError(f"shape_meta obs '{key}': rgb shape must be [C, H, W], got {meta['shape']}")
+        if self.vision_width < 16 or self.vision_width % 16 != 0:
+            raise ValueError(f"vision_width must be a positive multiple of 16 (GroupNorm uses C // 16 groups), "
+                             f"got {self.vision_width}")
         if self.n_emb % self.n_head != 0:
             raise ValueError(f"n_emb ({self.n_emb}) must be divisible by n_head ({self.n_head})")
         if not self.time_as_cond and self.obs_as_cond:

@@ -32,7 +32,8 @@ class DiffusionPolicy(nn.Module):
         config = config or PolicyConfig()
         self.config = config
         self.normalizer = LinearNormalizer()
-        self.obs_encoder = ObsEncoder(config.shape_meta, config.crop_shape, config.crop_mode)
+        self.obs_encoder = ObsEncoder(config.shape_meta, config.crop_shape, config.crop_mode,
+                                      vision_width=config.vision_width)
         self.obs_feature_dim = self.obs_encoder.output_dim
         self.action_dim = config.action_dim
         da, do = self.action_dim, self.obs_feature_dim

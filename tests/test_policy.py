@@ -291,3 +291,27 @@ def test_backend_argument():
     assert p.backend == "reference"
     with pytest.raises(ValueError, match="backend must be one of"):
         DiffusionPolicy(small_config(), backend="fastest")
+
+
+# ---------------------------------------------------------------------- vision width
+def test_vision_width_scales_backbone_and_round_trips(tmp_path):
+    cfg = small_config(vision_width=16)
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(cfg).eval()
+    core = policy.obs_encoder.obs_nets["cam"]
+    widths = [m.out_channels for m in core.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths[0] == 16 and max(widths) == 128 and core.pool.nets.in_channels == 128
+    n16 = sum(p.numel() for p in core.parameters())
+    n64 = sum(p.numel() for p in DiffusionPolicy(small_config()).obs_encoder.obs_nets["cam"].parameters())
+    assert n16 * 10 < n64  # conv weights scale with width^2
+    obs = random_obs(cfg, 2)
+    noise = torch.randn(policy.noise_draws(), 2, cfg.horizon, cfg.action_dim)
+    path = tmp_path / "w16.safetensors"
+    policy.save(path)
+    loaded = load_policy(path)
+    assert loaded.config.vision_width == 16
+    a = policy.predict_action(obs, noise=noise)["action"]
+    b = loaded.predict_action(obs, noise=noise)["action"]
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="vision_width must be a positive multiple of 16"):
+        small_config(vision_width=24)

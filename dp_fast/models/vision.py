@@ -39,15 +39,17 @@ class BasicBlock(nn.Module):
 class ResNet18Conv(nn.Module):
     """torchvision resnet18 children without avgpool/fc, BatchNorm -> GroupNorm(C // 16, C).
 
-    x: (N, C, H, W) -> (N, 512, ceil(H/32), ceil(W/32)); (N, 512, 3, 3) for 76x76.
+    x: (N, C, H, W) -> (N, 8 * width, ceil(H/32), ceil(W/32)); (N, 512, 3, 3) for 76x76 at width 64
+    (the original). Other widths scale every stage's channels.
     """
 
-    def __init__(self, in_channels: int = 3):
+    def __init__(self, in_channels: int = 3, width: int = 64):
         super().__init__()
-        layers = [nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), _gn(64), nn.ReLU(inplace=True),
+        layers = [nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), _gn(width), nn.ReLU(inplace=True),
                   nn.MaxPool2d(3, 2, 1)]
-        cin = 64
-        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        cin = width
+        self.out_channels = 8 * width
+        for cout, stride in ((width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)):
             layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
             cin = cout
         self.nets = nn.Sequential(*layers)
@@ -90,12 +92,12 @@ class VisualCore(nn.Module):
     The Linear sits in `nets["3"]` to keep the original's `nets.3.*` parameter names.
     """
 
-    def __init__(self, in_shape: Sequence[int], feature_dim: int = 64, num_kp: int = 32):
+    def __init__(self, in_shape: Sequence[int], feature_dim: int = 64, num_kp: int = 32, width: int = 64):
         super().__init__()
         c, h, w = in_shape
-        self.backbone = ResNet18Conv(c)
+        self.backbone = ResNet18Conv(c, width)
         fh, fw = _resnet_out_hw(h, w)
-        self.pool = SpatialSoftmax((512, fh, fw), num_kp)
+        self.pool = SpatialSoftmax((self.backbone.out_channels, fh, fw), num_kp)
         self.nets = nn.ModuleDict({"3": nn.Linear(2 * num_kp, feature_dim)})
 
     def forward(self, x):
@@ -158,7 +160,7 @@ class ObsEncoder(nn.Module):
     """
 
     def __init__(self, shape_meta: Dict, crop_shape: Optional[Sequence[int]] = (76, 76),
-                 crop_mode: str = "uniform", feature_dim: int = 64):
+                 crop_mode: str = "uniform", feature_dim: int = 64, vision_width: int = 64):
         super().__init__()
         self.obs_meta = {k: dict(v) for k, v in shape_meta["obs"].items()}
         self.crop_shape = tuple(crop_shape) if crop_shape is not None else None
@@ -173,7 +175,7 @@ class ObsEncoder(nn.Module):
                     if self.crop_shape[0] > h or self.crop_shape[1] > w:
                         raise ValueError(f"crop_shape {self.crop_shape} larger than image '{key}' {shape}")
                     h, w = self.crop_shape
-                self.obs_nets[key] = VisualCore((c, h, w), feature_dim)
+                self.obs_nets[key] = VisualCore((c, h, w), feature_dim, width=vision_width)
                 self.feature_dims[key] = feature_dim
             else:
                 self.feature_dims[key] = int(torch.Size(shape).numel())
