@@ -13,7 +13,11 @@ Rows:
                       `.../positional_embedding.py` and `diffusion_policy/model/common/module_attr_mixin.py`
                       (e.g. extracted with `git show HEAD:<path>` from a clone of real-stanford/diffusion_policy).
                       It shows that the reference is no slower than the original on the machine at hand.
-Rows for the fast paths are added by ROW_FACTORIES below.
+  cpu_fp32 / cpu_bf16 / cpu_fp16   backend "cpu": the whole loop in one C++ op (dp_fast/sampling_cpu.py),
+                      weights in 32 / 16 bits (activations fp32)
+  cuda_graph_fp32 / _bf16 / triton_fp32   CUDA rows (captured K-step loop); capture time in extra_info
+Groups are per (batch, scheduler, device): CUDA groups only where a GPU is present. The 16-bit rows
+record their action error against the fp32 reference in extra_info (max_abs_err_vs_reference).
 
 Run: pytest benchmarks/bench_predict.py --benchmark-only
 """
@@ -28,20 +32,27 @@ from typing import Callable, Dict, Optional
 import pytest
 import torch
 
-from dp_fast import DiffusionPolicy, PolicyConfig
+from dp_fast import DiffusionPolicy, PolicyConfig, SchedulerConfig, backends
 
+_DDIM10 = {"num_inference_steps": 10, "scheduler": SchedulerConfig(kind="ddim")}
 GROUPS = {
-    # name: (batch, scheduler overrides)
+    # name: (batch, config overrides)
     "predict_seed_B1_ddpm100": (1, {}),
     "predict_seed_B8_ddpm100": (8, {}),
+    "predict_seed_B1_ddim10": (1, _DDIM10),
+    "predict_seed_B8_ddim10": (8, _DDIM10),
 }
 ROUNDS = {1: 5, 8: 3}
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# fp32 fast paths must give the reference's actions; 16-bit ones are reported with their error and only
+# checked against a loose bound that catches a broken kernel, not rounding.
+TOL = {"fp32": 1e-4, "bf16": 0.1, "fp16": 0.05}
 
 
-def _seed_policy(sched_overrides: dict) -> DiffusionPolicy:
+def _seed_policy(overrides: dict, device: str) -> DiffusionPolicy:
     torch.manual_seed(0)
-    cfg = PolicyConfig(**sched_overrides) if sched_overrides else PolicyConfig()
-    return DiffusionPolicy(cfg, backend="reference").eval()
+    cfg = PolicyConfig(**overrides) if overrides else PolicyConfig()
+    return DiffusionPolicy(cfg, backend="reference").to(device).eval()
 
 
 def _obs(policy: DiffusionPolicy, batch: int) -> Dict[str, torch.Tensor]:
@@ -53,7 +64,7 @@ def _obs(policy: DiffusionPolicy, batch: int) -> Dict[str, torch.Tensor]:
             obs[key] = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
         else:
             obs[key] = torch.randn(shape, generator=g) * 0.1
-    return obs
+    return {k: v.to(policy.device) for k, v in obs.items()}
 
 
 def _original_denoiser(policy: DiffusionPolicy) -> Optional[torch.nn.Module]:
@@ -94,45 +105,79 @@ def _original_row(policy):
     return p
 
 
+def _fast_row(backend: str, precision: str, devices=("cpu", "cuda")):
+    """A copy of the policy on `backend` with `precision` (skipped where the backend cannot run)."""
+    def make(policy):
+        if policy.device.type not in devices:
+            pytest.skip(f"backend {backend!r} is not a {policy.device.type} row")
+        info = backends().get(backend, {"available": False, "reason": "unknown backend"})
+        if not info["available"]:
+            pytest.skip(f"backend {backend!r} unavailable: {info['reason']}")
+        if backend == "triton" and policy.device.type == "cpu":
+            pytest.skip("triton on the CPU is the interpreter: a correctness tool, not a timing row")
+        p = DiffusionPolicy(policy.config, backend=backend, precision=precision)
+        p.load_state_dict(policy.state_dict())
+        return p.to(policy.device).eval()
+    make.precision = precision
+    return make
+
+
 # row name -> factory(reference policy) -> object with predict_action(obs, noise=) (skip inside if unavailable)
 ROW_FACTORIES: Dict[str, Callable] = {
     "reference": _reference_row,
     "original_denoiser": _original_row,
+    "cpu_fp32": _fast_row("cpu", "fp32", ("cpu",)),
+    "cpu_bf16": _fast_row("cpu", "bf16", ("cpu",)),
+    "cpu_fp16": _fast_row("cpu", "fp16", ("cpu",)),
+    "cuda_graph_fp32": _fast_row("cuda", "fp32", ("cuda",)),
+    "cuda_graph_bf16": _fast_row("cuda", "bf16", ("cuda",)),
+    "triton_fp32": _fast_row("triton", "fp32", ("cuda",)),
 }
 
 _cache: Dict[str, tuple] = {}
 
 
-def _group_setup(group: str):
-    """(reference policy, obs, noise, reference actions) per group, built once per session."""
-    if group not in _cache:
+def _group_setup(group: str, device: str):
+    """(reference policy, obs, noise, reference actions) per group and device, built once per session."""
+    if (group, device) not in _cache:
         batch, overrides = GROUPS[group]
-        policy = _seed_policy(overrides)
+        policy = _seed_policy(overrides, device)
         obs = _obs(policy, batch)
         g = torch.Generator().manual_seed(2)
-        noise = torch.randn(policy.noise_draws(), *policy.trajectory_shape(batch), generator=g)
+        noise = torch.randn(policy.noise_draws(), *policy.trajectory_shape(batch), generator=g).to(device)
         with torch.no_grad():
             ref = policy.predict_action(obs, noise=noise)["action"]
-        _cache[group] = (policy, obs, noise, ref)
-    return _cache[group]
+        _cache[(group, device)] = (policy, obs, noise, ref)
+    return _cache[(group, device)]
 
 
 @pytest.mark.parametrize("row", list(ROW_FACTORIES))
 @pytest.mark.parametrize("group", list(GROUPS))
-def test_predict_action(benchmark, group, row):
-    policy, obs, noise, ref = _group_setup(group)
-    runner = ROW_FACTORIES[row](policy)
+@pytest.mark.parametrize("device", DEVICES)
+def test_predict_action(benchmark, device, group, row):
+    policy, obs, noise, ref = _group_setup(group, device)
+    factory = ROW_FACTORIES[row]
+    runner = factory(policy)
     batch = GROUPS[group][0]
+    precision = getattr(factory, "precision", "fp32")
+    cuda = device == "cuda"
     with torch.no_grad():
-        out = runner.predict_action(obs, noise=noise)["action"]
+        out = runner.predict_action(obs, noise=noise)["action"]   # also captures a CUDA graph
     err = (out.float() - ref).abs().max().item()
-    assert err <= 1e-4, f"{row}: actions differ from the reference by {err:.3g}"
+    assert err <= TOL[precision], f"{row}: actions differ from the reference by {err:.3g}"
 
     def call():
         with torch.no_grad():
-            return runner.predict_action(obs, noise=noise)
+            out = runner.predict_action(obs, noise=noise)
+        if cuda:
+            torch.cuda.synchronize()
+        return out
 
-    benchmark.group = group
-    benchmark.extra_info.update(batch=batch, k=policy.num_inference_steps, threads=torch.get_num_threads(),
-                                max_abs_err_vs_reference=err)
-    benchmark.pedantic(call, rounds=ROUNDS[batch], iterations=1, warmup_rounds=1)
+    benchmark.group = f"{group}_{device}"
+    benchmark.extra_info.update(batch=batch, k=policy.num_inference_steps, device=device, precision=precision,
+                                threads=torch.get_num_threads(), max_abs_err_vs_reference=err)
+    fast = getattr(runner, "_fast", {})
+    capture = {k: v for _, r in fast.values() for k, v in getattr(r, "capture_seconds", {}).items()}
+    if capture:  # once per (batch, K) key, outside the steady state timed below
+        benchmark.extra_info["capture_s"] = round(sum(capture.values()), 4)
+    benchmark.pedantic(call, rounds=ROUNDS[batch] * (20 if cuda else 1), iterations=1, warmup_rounds=1)

@@ -27,7 +27,11 @@ class ObsError(ValueError):
 
 
 class DiffusionPolicy(nn.Module):
-    def __init__(self, config: Optional[PolicyConfig] = None, backend: Optional[str] = None):
+    def __init__(self, config: Optional[PolicyConfig] = None, backend: Optional[str] = None,
+                 precision: str = "fp32"):
+        """backend: "reference", "cpu", "cuda", "triton" or "auto" (ARCHITECTURE.md, Backends).
+        precision: inference precision of the denoiser on the fast samplers, "fp32" (default; the
+        reference's actions), "bf16" or "fp16" (see set_precision)."""
         super().__init__()
         config = config or PolicyConfig()
         self.config = config
@@ -46,8 +50,12 @@ class DiffusionPolicy(nn.Module):
             n_cond_layers=config.n_cond_layers)
         self.noise_scheduler = NoiseScheduler(config.scheduler)
         self._init_normalizer()
-        from .backends import resolve_policy_backend  # late import: backends imports ops
-        self.backend = resolve_policy_backend(backend)
+        from .sampling import resolve_backend  # late import: backends imports ops
+        self.backend = resolve_backend(backend, "cpu")
+        self._backend_request = backend
+        self._fast = {}  # sampler kind -> (weights key, fast sampler state), rebuilt when weights change
+        self.precision = "fp32"
+        self.set_precision(precision)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -165,12 +173,110 @@ class DiffusionPolicy(nn.Module):
         of loop iteration i (the original's draw order); otherwise drawn from `generator` (or the
         global RNG) in that same order.
         """
+        from .sampling import nvtx_range
         nobs, batch = self.prepare_obs(obs)
         if noise is not None:
             noise = self._check_noise(noise, batch)
-        feats = self.encode_obs(nobs, batch)
-        traj = self.sample(feats, noise, generator)
+        with nvtx_range("encoder"):
+            feats = self.encode_obs(nobs, batch)
+        with nvtx_range("sample"):
+            traj = self.sample_fast(feats, noise, generator)
         return self._actions_from_trajectory(traj)
+
+    # ------------------------------------------------------------------ fast samplers
+    def set_precision(self, precision) -> None:
+        """Inference precision of the denoiser: "fp32" (default), "bf16" or "fp16" (or torch dtypes).
+
+        fp32 gives the reference's actions. bf16 / fp16 apply to the fast samplers only: on the `cpu`
+        backend the matmul weights are stored in 16 bits (half the bytes per step) while activations,
+        accumulation and the scheduler step stay fp32; on CUDA (`cuda` / `triton`) the denoiser runs in
+        that dtype (tensor cores), the scheduler step in fp32. The observation encoder always runs in
+        fp32. The `reference` backend is the fp32 ground truth and rejects the others.
+        """
+        from .sampling import check_precision
+        name = check_precision(precision)
+        if name != "fp32" and self.backend == "reference":
+            raise ValueError(f"precision={name!r} needs a fast sampler backend ('cpu', 'cuda', 'triton' or an "
+                             f"'auto' that resolves to one); this policy's backend is 'reference', the fp32 "
+                             f"ground truth")
+        self.precision = name
+
+    def _backend_for(self, device) -> str:
+        """The backend on `device`: the resolved one, re-resolved for "auto" after the policy moved."""
+        if device.type == "cpu" or self._backend_request not in (None, "auto"):
+            return self.backend
+        from .sampling import resolve_backend
+        return resolve_backend(self._backend_request, device)
+
+    def sample_fast(self, feats: torch.Tensor, noise: Optional[torch.Tensor] = None,
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The K-step loop on this policy's backend: same arguments, noise order and result (up to float
+        reassociation, fp32) as `sample`, which the `reference` backend runs."""
+        from . import sampling
+        kind = sampling.sampler_kind(self._backend_for(feats.device), feats.device)
+        if kind == "reference":
+            return self.sample(feats, noise, generator)
+        shape = self.trajectory_shape(feats.shape[0])
+        cond, data, mask = self._condition(feats)
+        inpaint = None if mask is None else (data, mask)
+        sched = self.noise_scheduler
+        if sched.device != feats.device:
+            sched.to(feats.device)
+        k = self.num_inference_steps
+        runner = self._fast_sampler(kind)
+        if kind == "cpu":
+            if noise is None:
+                # One draw per call, in the reference's order, so a generator gives the reference's noise.
+                noise = torch.stack([torch.randn(shape, generator=generator, device=feats.device, dtype=feats.dtype)
+                                     for _ in range(sched.num_noise(k))])
+            return runner.sample(sched, k, cond, noise, inpaint)
+        return runner.sample(sched, k, shape, cond, noise, generator, inpaint)
+
+    def _weights_key(self, kind: str):
+        """Changes whenever a denoiser parameter is replaced or modified in place (optimizer step,
+        load_state_dict, .to()), so that packed weights and caches are rebuilt."""
+        return (kind, self.precision, tuple((p.data_ptr(), p._version, p.device) for p in self.model.parameters()))
+
+    def _fast_sampler(self, kind: str):
+        key = self._weights_key(kind)
+        cached = self._fast.get(kind)
+        if cached is None or cached[0] != key:
+            from . import sampling
+            dtype = sampling.PRECISIONS[self.precision]
+            if kind == "cpu":
+                from .sampling_cpu import CpuSampler
+                runner = CpuSampler(self.model, dtype)
+            elif kind == "cuda_graph":
+                from .sampling_cuda import GraphSampler
+                runner = GraphSampler(self.model, dtype)
+            else:
+                from .sampling_cuda import GraphSampler
+                runner = GraphSampler(self.model, dtype, capture=False)
+            self._fast[kind] = (key, runner)
+        return self._fast[kind][1]
+
+    def describe_backends(self) -> Dict[str, str]:
+        """What each piece of predict_action resolved to on this policy's device: the policy backend, the
+        sampler (and its implementation), the precision, and each op of dp_fast.backends."""
+        from . import sampling
+        _b = sampling._backends_module()
+        device = self.device
+        backend = self._backend_for(device)
+        kind = sampling.sampler_kind(backend, device)
+        out = {"backend": backend, "device": str(device), "precision": self.precision, "sampler": kind,
+               "sampler_impl": sampling.SAMPLERS[kind], "obs_encoder": "reference (PyTorch)"}
+        if kind == "cpu":
+            from . import sampling_cpu
+            weights = "fp32" if self.precision == "fp32" else f"{self.precision} weights, fp32 activations"
+            out["sampler_impl"] += f" [{sampling_cpu.isa()}, {weights}]"
+        resolve_op = getattr(_b, "resolve_op_backend", None)
+        if resolve_op is not None:
+            for op in getattr(_b, "OPS", ("ddpm_step", "add_noise", "random_crop")):
+                try:
+                    out[op] = resolve_op(op, backend, device.type)
+                except Exception as e:  # noqa: BLE001 - reported, not raised: this only describes
+                    out[op] = f"unavailable ({type(e).__name__}: {e})"
+        return out
 
     def _condition(self, feats: torch.Tensor):
         """Returns (cond for the transformer, inpainting data, inpainting mask)."""

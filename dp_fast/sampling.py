@@ -15,7 +15,10 @@ The result equals the reference up to float reassociation (~1e-6 in fp32); tests
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
+import os
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -24,6 +27,117 @@ import torch.nn.functional as F
 
 from .models.transformer import LayerStack, TransformerForDiffusion
 from .schedulers import step_from_table
+
+# ------------------------------------------------------------------------------------- precision
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision) -> str:
+    """"fp32" / "bf16" / "fp16" (torch dtypes accepted) -> the name; anything else raises ValueError."""
+    if isinstance(precision, torch.dtype):
+        names = {v: k for k, v in PRECISIONS.items()}
+        if precision in names:
+            return names[precision]
+    elif precision in PRECISIONS:
+        return precision
+    raise ValueError(f"precision must be one of {list(PRECISIONS)} (or the torch dtypes), got {precision!r}")
+
+
+# ------------------------------------------------------------------------------------- backends
+# Sampler implementations, by what predict_action runs for a policy backend on a device.
+SAMPLERS = {
+    "reference": "DiffusionPolicy.sample: the plain-PyTorch K-step loop (ground truth)",
+    "cpu": "dp_fast::sampler_loop: the whole loop in one C++ op (dp_fast/sampling_cpu.py)",
+    "cuda_graph": "FastDenoiser loop captured once per (batch, K) in a CUDA graph and replayed (dp_fast/sampling_cuda.py)",
+    "eager": "FastDenoiser loop in eager PyTorch (the CUDA-graph sampler's body, run without capture)",
+}
+
+
+def resolve_backend(name: Optional[str], device="cpu") -> str:
+    """The policy's backend name for `device`: dp_fast.backends.resolve_policy_backend, plus the sampler
+    backends this module provides ("cpu", "cuda", "triton") where dp_fast.backends does not list them yet.
+    An explicitly named backend that cannot run raises BackendUnavailable saying why."""
+    _b = _backends_module()
+    requested = name or os.environ.get("DP_FAST_BACKEND") or "auto"
+    if requested in ("cpu", "cuda", "triton") and requested not in _b.backends():
+        ok, why = sampler_backend_available(requested, device)
+        if not ok:
+            raise _b.BackendUnavailable(f"backend {requested!r} is not available: {why}")
+        return requested
+    if "device" in inspect.signature(_b.resolve_policy_backend).parameters:
+        return _b.resolve_policy_backend(name, device=torch.device(device).type)
+    return _b.resolve_policy_backend(name)
+
+
+def _backends_module():
+    """dp_fast.backends the module (the package re-exports a function of the same name over it)."""
+    import importlib
+    return importlib.import_module(__package__ + ".backends")
+
+
+def sampler_backend_available(backend: str, device="cpu"):
+    """(ok, reason) for running `backend`'s sampler on `device`."""
+    dev = torch.device(device).type
+    if backend == "cpu":
+        from . import sampling_cpu
+        return sampling_cpu.available()
+    if backend == "cuda" and dev != "cuda":
+        return False, "backend 'cuda' runs the CUDA-graph sampler and needs a CUDA device"
+    if backend in ("cuda", "triton") and dev == "cuda" and not torch.cuda.is_available():
+        return False, "torch.cuda.is_available() is False"
+    if backend == "triton":
+        import importlib.util
+        if importlib.util.find_spec("triton") is None:
+            return False, "triton is not installed (pip install triton)"
+    return True, ""
+
+
+def sampler_kind(backend: str, device) -> str:
+    """Which SAMPLERS entry predict_action uses for a resolved policy backend on `device`."""
+    dev = torch.device(device).type
+    if backend == "reference":
+        return "reference"
+    if backend == "cpu":
+        if dev != "cpu":
+            raise _backends_module().BackendUnavailable(f"backend 'cpu' runs the C++ CPU loop, but the policy is on {device}; "
+                                     f"use backend='cuda' (or 'auto') there")
+        return "cpu"
+    if backend in ("cuda", "triton"):
+        if dev == "cuda":
+            return "cuda_graph"
+        if backend == "cuda":
+            raise _backends_module().BackendUnavailable(f"backend 'cuda' needs the policy on a CUDA device, it is on {device}")
+        return "eager"  # triton on CPU (TRITON_INTERPRET=1): the graph sampler's body, uncaptured
+    raise ValueError(f"no sampler for backend {backend!r}")
+
+
+# ------------------------------------------------------------------------------------- profiling ranges
+_NULL = contextlib.nullcontext()
+_nvtx_enabled: Optional[bool] = None
+
+
+def set_nvtx(enabled: Optional[bool]) -> None:
+    """Force nvtx ranges on / off; None = decide from the environment (the default)."""
+    global _nvtx_enabled
+    _nvtx_enabled = enabled
+
+
+def nvtx_range(name: str):
+    """An nvtx range named `name` while profiling, else a shared no-op context (no per-call cost beyond
+    one check). Profiling = DP_FAST_NVTX=1, or running under Nsight Systems."""
+    global _nvtx_enabled
+    if _nvtx_enabled is None:
+        want = os.environ.get("DP_FAST_NVTX", "").lower() in ("1", "true", "on") or \
+            "NSYS_PROFILING_SESSION_ID" in os.environ
+        try:
+            import nvtx  # noqa: F401
+        except ImportError:
+            want = False
+        _nvtx_enabled = want
+    if not _nvtx_enabled:
+        return _NULL
+    import nvtx
+    return nvtx.annotate(f"dp_fast/{name}", domain="dp_fast")
 
 
 @dataclass
@@ -47,8 +161,8 @@ class LayerWeights:
     b2: torch.Tensor
 
 
-def _ln(m):
-    return (m.weight.detach(), m.bias.detach(), m.eps)
+def _ln(m, dtype):
+    return (m.weight.detach().to(dtype), m.bias.detach().to(dtype), m.eps)
 
 
 class FastDenoiser:
@@ -79,14 +193,14 @@ class FastDenoiser:
             sa, ca = layer.self_attn, layer.multihead_attn
             e = self.E
             self.layers.append(LayerWeights(
-                ln1=_ln(layer.norm1), w_qkv=c(sa.in_proj_weight), b_qkv=c(sa.in_proj_bias),
-                w_o=c(sa.out_proj.weight), b_o=c(sa.out_proj.bias), ln2=_ln(layer.norm2),
+                ln1=_ln(layer.norm1, dt), w_qkv=c(sa.in_proj_weight), b_qkv=c(sa.in_proj_bias),
+                w_o=c(sa.out_proj.weight), b_o=c(sa.out_proj.bias), ln2=_ln(layer.norm2, dt),
                 ca_wq=ca.in_proj_weight[:e].detach(), ca_bq=ca.in_proj_bias[:e].detach(),
                 ca_wkv=ca.in_proj_weight[e:].detach(), ca_bkv=ca.in_proj_bias[e:].detach(),
-                ca_wo=ca.out_proj.weight.detach(), ca_bo=c(ca.out_proj.bias), ln3=_ln(layer.norm3),
+                ca_wo=ca.out_proj.weight.detach(), ca_bo=c(ca.out_proj.bias), ln3=_ln(layer.norm3, dt),
                 w1=c(layer.linear1.weight), b1=c(layer.linear1.bias), w2=c(layer.linear2.weight),
                 b2=c(layer.linear2.bias)))
-        self.ln_f = _ln(m.ln_f)
+        self.ln_f = _ln(m.ln_f, dt)
         self.w_in, self.b_in = c(m.input_emb.weight), c(m.input_emb.bias)
         self.pos_emb = c(m.pos_emb[0])
         self.w_head, self.b_head = c(m.head.weight), c(m.head.bias)
@@ -113,10 +227,13 @@ class FastDenoiser:
                         u.reshape(n, h * s, e).to(self.dtype)))
         return out
 
-    def time_terms(self, timesteps: torch.Tensor):
+    def time_terms(self, timesteps: torch.Tensor, key: Optional[tuple] = None):
         """Cross-attention terms of the time token for each timestep (MLP condition encoder only),
-        cached per model: per layer (A (K, H, E), c (K, H), U (K, H, E))."""
-        key = (tuple(timesteps.tolist()), timesteps.device)
+        cached per model: per layer (A (K, H, E), c (K, H), U (K, H, E)).
+
+        key: the timesteps as a tuple of ints, when the caller has them on the host (reading them from a
+        CUDA tensor would synchronise, which CUDA-graph capture forbids)."""
+        key = (tuple(timesteps.tolist()) if key is None else tuple(key), timesteps.device)
         if key not in self._time_cache:
             m = self.model
             with torch.no_grad():
@@ -125,13 +242,13 @@ class FastDenoiser:
                 self._time_cache = {key: self._fold(mem)}
         return self._time_cache[key]
 
-    def prepare(self, cond: Optional[torch.Tensor], timesteps: torch.Tensor):
-        """Per-call condition terms. cond: (B, To, Do) or None. Returns a `Prepared`."""
+    def prepare(self, cond: Optional[torch.Tensor], timesteps: torch.Tensor, key: Optional[tuple] = None):
+        """Per-call condition terms. cond: (B, To, Do) or None; key as in time_terms. Returns a `Prepared`."""
         m = self.model
         k = timesteps.shape[0]
         with torch.no_grad():
             if self.mlp_cond:
-                time = self.time_terms(timesteps)
+                time = self.time_terms(timesteps, key)
                 obs = None
                 if cond is not None:
                     tok = m.cond_obs_emb(cond) + m.cond_pos_emb[:, 1:1 + cond.shape[1]]
