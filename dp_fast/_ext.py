@@ -116,3 +116,35 @@ def _register_fakes() -> None:
                      lambda: f"dp_fast::ddpm_step: `step` must be a 0-d int64 tensor, got {step.dtype} "
                              f"{list(step.shape)}")
         return torch.empty_like(sample, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("dp_fast::add_noise")
+    def _add_noise_fake(x0, noise, timesteps, alphas_cumprod):
+        torch._check(x0.dtype in (torch.float32, torch.bfloat16, torch.float16),
+                     lambda: f"dp_fast::add_noise: `x0` must be float32, bfloat16 or float16, got {x0.dtype}")
+        torch._check(x0.dim() >= 1, lambda: "dp_fast::add_noise: `x0` must have shape (B, ...), got a 0-d tensor")
+        torch._check(noise.dtype == x0.dtype and noise.shape == x0.shape,
+                     lambda: f"dp_fast::add_noise: `noise` must match `x0` ({x0.dtype} {list(x0.shape)}), got "
+                             f"{noise.dtype} {list(noise.shape)}")
+        torch._check(timesteps.dtype == torch.int64 and timesteps.dim() == 1 and timesteps.shape[0] == x0.shape[0],
+                     lambda: f"dp_fast::add_noise: `timesteps` must be int64 of shape ({x0.shape[0]},), got "
+                             f"{timesteps.dtype} {list(timesteps.shape)}")
+        torch._check(alphas_cumprod.dtype == torch.float32 and alphas_cumprod.dim() == 1,
+                     lambda: f"dp_fast::add_noise: `alphas_cumprod` must be float32 (T,), got "
+                             f"{alphas_cumprod.dtype} {list(alphas_cumprod.shape)}")
+        return torch.empty_like(x0, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("dp_fast::random_crop")
+    def _random_crop_fake(images, offsets, crop_h, crop_w, normalize):
+        torch._check(images.dtype in (torch.uint8, torch.float32, torch.bfloat16, torch.float16),
+                     lambda: f"dp_fast::random_crop: `images` must be uint8, float32, bfloat16 or float16, got "
+                             f"{images.dtype}")
+        torch._check(images.dim() == 4,
+                     lambda: f"dp_fast::random_crop: `images` must have shape (N, C, H, W), got {list(images.shape)}")
+        torch._check(offsets.dtype == torch.int64 and offsets.dim() == 2 and offsets.shape[0] == images.shape[0]
+                     and offsets.shape[1] == 2,
+                     lambda: f"dp_fast::random_crop: `offsets` must be int64 of shape ({images.shape[0]}, 2), got "
+                             f"{offsets.dtype} {list(offsets.shape)}")
+        torch._check(1 <= crop_h <= images.shape[2] and 1 <= crop_w <= images.shape[3],
+                     lambda: f"dp_fast::random_crop: crop size ({crop_h}, {crop_w}) must be at least 1 and at most "
+                             f"the image size ({images.shape[2]}, {images.shape[3]})")
+        return images.new_empty((images.shape[0], images.shape[1], crop_h, crop_w), dtype=torch.float32)
