@@ -159,6 +159,35 @@ class ScriptedExpert:
             return True
         return False
 
+    def _pick(self, grasp: np.ndarray, obj_z: float, xy_tol: float, rot_tol: float, descend_vmax: float,
+              tol: float, late_tol: float) -> Optional[np.ndarray]:
+        """The phases every expert starts with: hover `self.hover` above the grasp point (gripper open,
+        turned to r_grasp) until within xy_tol / 3 cm / rot_tol, descend onto it (vmax <= descend_vmax)
+        until within tol (late_tol after 60 steps), close for close_steps, then `_start_lift(obj_z)`.
+        Returns the action, or None once the expert is past these phases."""
+        hover = grasp + np.array([0, 0, self.hover])
+        if self.phase == "approach":
+            a = self.servo(hover, self.r_grasp, OPEN)
+            e = self.err(hover)
+            if np.linalg.norm(e[:2]) < xy_tol and abs(e[2]) < 0.03 and self.rot_err(self.r_grasp) < rot_tol:
+                self._goto("descend", pause_max=3)
+            return a
+        if self.phase == "descend":
+            if self._pause > 0:
+                self._pause -= 1
+                return self.servo(hover, self.r_grasp, OPEN)
+            a = self.servo(grasp, self.r_grasp, OPEN, vmax=min(self.vmax, descend_vmax))
+            e = float(np.linalg.norm(self.err(grasp)))
+            if e < tol or (self._phase_t > 60 and e < late_tol):
+                self._goto("grasp")
+            return a
+        if self.phase == "grasp":
+            a = self.servo(grasp, self.r_grasp, CLOSE)
+            if self._phase_t >= self.close_steps:
+                self._start_lift(obj_z)
+            return a
+        return None
+
     def err(self, p_target: np.ndarray) -> np.ndarray:
         return np.asarray(p_target) - self.env.eef_pos()
 
@@ -198,33 +227,18 @@ class LiftExpert(ScriptedExpert):
         self.close_steps = int(self.rng.integers(6, 11))
         self._goto("approach")
 
+    def _start_lift(self, obj_z: float) -> None:
+        self.lift_target = self.env.eef_pos() + np.array([0, 0, self.lift_h])
+        super()._start_lift(obj_z)
+
     def _cube(self) -> np.ndarray:
         return self.env.body_pose(self.env.env.cube.root_body)[0]
 
     def _plan(self) -> np.ndarray:
         cube = self._cube()
         grasp = cube + np.array([self.grasp_dxy[0], self.grasp_dxy[1], self.grasp_dz])
-        if self.phase == "approach":
-            target = grasp + np.array([0, 0, self.hover])
-            a = self.servo(target, self.r_grasp, OPEN)
-            e = self.err(target)
-            if np.linalg.norm(e[:2]) < 0.012 and abs(e[2]) < 0.03 and self.rot_err(self.r_grasp) < 0.1:
-                self._goto("descend", pause_max=3)
-            return a
-        if self.phase == "descend":
-            if self._pause > 0:
-                self._pause -= 1
-                return self.servo(grasp + np.array([0, 0, self.hover]), self.r_grasp, OPEN)
-            a = self.servo(grasp, self.r_grasp, OPEN, vmax=min(self.vmax, 0.8))
-            e = self.err(grasp)
-            if np.linalg.norm(e) < 0.006 or (self._phase_t > 60 and np.linalg.norm(e) < 0.012):
-                self._goto("grasp")
-            return a
-        if self.phase == "grasp":
-            a = self.servo(grasp, self.r_grasp, CLOSE)
-            if self._phase_t >= self.close_steps:
-                self.lift_target = self.env.eef_pos() + np.array([0, 0, self.lift_h])
-                self._start_lift(cube[2])
+        a = self._pick(grasp, cube[2], xy_tol=0.012, rot_tol=0.1, descend_vmax=0.8, tol=0.006, late_tol=0.012)
+        if a is not None:
             return a
         # lift (and hold)
         if self._grasp_failed(cube[2]):
@@ -281,26 +295,8 @@ class CanExpert(ScriptedExpert):
     def _plan(self) -> np.ndarray:
         can = self._can()
         grasp = can + np.array([0, 0, self.grasp_dz])
-        if self.phase == "approach":
-            target = grasp + np.array([0, 0, self.hover])
-            a = self.servo(target, self.r_grasp, OPEN)
-            e = self.err(target)
-            if np.linalg.norm(e[:2]) < 0.012 and abs(e[2]) < 0.03 and self.rot_err(self.r_grasp) < 0.1:
-                self._goto("descend", pause_max=3)
-            return a
-        if self.phase == "descend":
-            if self._pause > 0:
-                self._pause -= 1
-                return self.servo(grasp + np.array([0, 0, self.hover]), self.r_grasp, OPEN)
-            a = self.servo(grasp, self.r_grasp, OPEN, vmax=min(self.vmax, 0.8))
-            e = self.err(grasp)
-            if np.linalg.norm(e) < 0.008 or (self._phase_t > 60 and np.linalg.norm(e) < 0.015):
-                self._goto("grasp")
-            return a
-        if self.phase == "grasp":
-            a = self.servo(grasp, self.r_grasp, CLOSE)
-            if self._phase_t >= self.close_steps:
-                self._start_lift(can[2])
+        a = self._pick(grasp, can[2], xy_tol=0.012, rot_tol=0.1, descend_vmax=0.8, tol=0.008, late_tol=0.015)
+        if a is not None:
             return a
         if self.phase == "lift":
             if self._grasp_failed(can[2]):
@@ -391,26 +387,8 @@ class SquareExpert(ScriptedExpert):
     def _plan(self) -> np.ndarray:
         nut_pos, nut_rot = self._nut()
         grasp = self._grasp_point()
-        if self.phase == "approach":
-            target = grasp + np.array([0, 0, self.hover])
-            a = self.servo(target, self.r_grasp, OPEN)
-            e = self.err(target)
-            if np.linalg.norm(e[:2]) < 0.01 and abs(e[2]) < 0.03 and self.rot_err(self.r_grasp) < 0.08:
-                self._goto("descend", pause_max=3)
-            return a
-        if self.phase == "descend":
-            if self._pause > 0:
-                self._pause -= 1
-                return self.servo(grasp + np.array([0, 0, self.hover]), self.r_grasp, OPEN)
-            a = self.servo(grasp, self.r_grasp, OPEN, vmax=min(self.vmax, 0.7))
-            e = self.err(grasp)
-            if np.linalg.norm(e) < 0.005 or (self._phase_t > 60 and np.linalg.norm(e) < 0.01):
-                self._goto("grasp")
-            return a
-        if self.phase == "grasp":
-            a = self.servo(grasp, self.r_grasp, CLOSE)
-            if self._phase_t >= self.close_steps:
-                self._start_lift(nut_pos[2])
+        a = self._pick(grasp, nut_pos[2], xy_tol=0.01, rot_tol=0.08, descend_vmax=0.7, tol=0.005, late_tol=0.01)
+        if a is not None:
             return a
         if self.phase == "lift":
             if self._grasp_failed(nut_pos[2]):
