@@ -246,12 +246,12 @@ class DiffusionPolicy(nn.Module):
             if kind == "cpu":
                 from .sampling_cpu import CpuSampler
                 runner = CpuSampler(self.model, dtype)
-            elif kind == "cuda_graph":
-                from .sampling_cuda import GraphSampler
-                runner = GraphSampler(self.model, dtype)
             else:
-                from .sampling_cuda import GraphSampler
-                runner = GraphSampler(self.model, dtype, capture=False)
+                # the scheduler step runs as the backend's ddpm_step kernel (Triton or CUDA); the loop
+                # is CUDA-graph captured on CUDA devices ("cuda_graph"), eager elsewhere
+                from .sampling_cuda import GraphSampler, op_step
+                step_backend = self._backend_for(self.device)
+                runner = GraphSampler(self.model, dtype, capture=kind == "cuda_graph", step_fn=op_step(step_backend))
             self._fast[kind] = (key, runner)
         return self._fast[kind][1]
 

@@ -33,6 +33,17 @@ from .sampling import FastDenoiser, nvtx_range
 from .schedulers import step_from_table
 
 
+def op_step(backend: str) -> Callable:
+    """The scheduler step as dp_fast.ops.ddpm_step on `backend` ("triton", "cuda", ...), in step_fn form."""
+    from .ops import ddpm_step
+
+    def step(table, i, x, eps, noise):
+        return ddpm_step(x, eps, noise, table, i, backend=backend)
+
+    step.backend = backend
+    return step
+
+
 class _EncoderOnly:
     """The encoder-only transformer (time_as_cond=False) as a denoiser: it has no cross-attention to
     precompute, so each step is the model's own forward (in the requested dtype)."""
@@ -74,6 +85,8 @@ class GraphSampler:
                  step_fn: Callable = step_from_table):
         self.model = model
         self.dtype = dtype
+        """step_fn(table, i, x, eps, noise) -> x_prev, with i a 0-d int64 device tensor: the reference
+        step_from_table, or the ddpm_step op of the policy's backend (see op_step)."""
         self.den = _EncoderOnly(model, dtype) if model.encoder_only else FastDenoiser(model, dtype)
         self.capture = capture
         self.step_fn = step_fn
@@ -102,7 +115,7 @@ class GraphSampler:
                 else:
                     zeros = torch.zeros_like(x) if zeros is None else zeros
                     n = zeros
-                x = self.step_fn(st.table, i, x, eps.to(x.dtype), n)
+                x = self.step_fn(st.table, st.timesteps_index[i], x, eps.to(x.dtype).contiguous(), n)
         if st.mask is not None:
             x = torch.where(st.mask, st.data, x)
         return x
