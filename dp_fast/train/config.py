@@ -1,0 +1,378 @@
+"""TrainConfig: the original workspace's config sections as dataclasses, presets, dotted overrides.
+
+Section and field names follow the original `train_diffusion_transformer_hybrid_workspace.yaml`
+(training.*, optimizer.*, ema.*, dataloader.*, val_dataloader.*, checkpoint.topk.*, task.*), so an
+override such as `training.num_epochs=5` means what it means there. Policy settings are PolicyConfig
+fields (`policy.n_layer=4`, `policy.scheduler.kind=ddim`); a few original spellings are aliases
+(`optimizer.lr`, `policy.noise_scheduler.*`, top-level `horizon`, `task.dataset.*`).
+Defaults are the seed configuration (REFERENCE.md, "Seed configuration").
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..config import SEED_SHAPE_META, PolicyConfig, SchedulerConfig
+
+
+@dataclass
+class TrainingSection:
+    device: str = "auto"              # "auto": cuda if available, else cpu (the original: cuda:0)
+    seed: int = 42
+    debug: bool = False               # the original's training.debug: 2 epochs x 3 batches, everything every epoch
+    resume: bool = True               # continue from OUT/checkpoints/latest.* when present
+    lr_scheduler: str = "cosine"      # cosine | constant | constant_with_warmup | linear
+    lr_warmup_steps: int = 10
+    num_epochs: int = 100
+    gradient_accumulate_every: int = 1
+    use_ema: bool = True
+    # every N epochs, at epochs 0, N, 2N, ... as the original; 0: never (not in the original)
+    rollout_every: int = 10
+    checkpoint_every: int = 10        # top-k checkpoints are considered at these epochs
+    val_every: int = 1
+    sample_every: int = 5
+    max_train_steps: Optional[int] = None   # batches per epoch at most (the original's meaning)
+    max_val_steps: Optional[int] = None     # validation batches per validation at most
+    tqdm_interval_sec: float = 1.0
+    # not in the original:
+    checkpoint_every_steps: int = 500       # also save latest.* every N batches (mid-epoch resume); 0: off
+    max_total_steps: Optional[int] = None   # stop (and checkpoint) after this many batches in total
+    max_train_minutes: Optional[float] = None  # stop (and checkpoint) after this wall time, per invocation
+    precision: str = "fp32"           # fp32 | bf16 (autocast for the forward pass)
+    compile: bool = False             # torch.compile the policy's denoiser and obs encoder for training
+    use_fast_ops: bool = False        # loss via dp_fast.ops random_crop + add_noise (train/fast_loss.py) when present
+    channels_last: bool = False
+    # torch CPU threads (None: torch's default, one per core). On a CPU shared with other jobs, 1 avoids
+    # OpenMP threads waiting on descheduled peers (measured here: 0.3 s/step with 1 thread, ~7 s with 2).
+    # Resume equality on CPU needs the same thread count as the interrupted run.
+    num_threads: Optional[int] = None
+
+
+@dataclass
+class OptimizerSection:
+    learning_rate: float = 1e-4
+    betas: Tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    transformer_weight_decay: float = 1e-3
+    obs_encoder_weight_decay: float = 1e-6
+    impl: str = "auto"                # auto | plain | foreach | fused  (torch.optim.AdamW implementation)
+
+
+@dataclass
+class EMASection:
+    update_after_step: int = 0
+    inv_gamma: float = 1.0
+    power: float = 0.75
+    min_value: float = 0.0
+    max_value: float = 0.9999
+
+
+@dataclass
+class DataLoaderSection:
+    batch_size: int = 64
+    shuffle: bool = True
+    drop_last: bool = False
+
+
+@dataclass
+class ValDataLoaderSection:
+    batch_size: int = 64
+    shuffle: bool = False
+    drop_last: bool = False
+
+
+@dataclass
+class TopKSection:
+    monitor_key: str = "auto"         # auto: test_mean_score (max) when rollouts run, else val_loss (min)
+    mode: str = "auto"                # min | max | auto (max for *score*, else min)
+    k: int = 5
+
+
+@dataclass
+class CheckpointSection:
+    topk: TopKSection = field(default_factory=TopKSection)
+
+
+@dataclass
+class EnvRunnerSection:
+    n_train: int = 6
+    n_test: int = 50
+    n_envs: Optional[int] = None
+    max_steps: int = 400
+    test_start_seed: int = 100000
+    n_videos: int = 1
+
+
+@dataclass
+class TaskSection:
+    dataset_path: Optional[str] = None
+    obs_keys: Optional[List[str]] = None   # None: the seed's keys present in the file (else all keys)
+    fixed_shape_meta: Optional[Dict[str, Any]] = None  # a preset's shape_meta; the file must match it
+    val_ratio: float = 0.02
+    seed: int = 42                    # the dataset split seed (task.dataset.seed in the original)
+    max_train_episodes: Optional[int] = None
+    action_norm: str = "identity"     # identity (the original, delta actions) | limits
+    gpu_resident: bool = False        # keep the replay buffer on the training device
+    env_runner: EnvRunnerSection = field(default_factory=EnvRunnerSection)
+
+
+@dataclass
+class TrainConfig:
+    training: TrainingSection = field(default_factory=TrainingSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    ema: EMASection = field(default_factory=EMASection)
+    dataloader: DataLoaderSection = field(default_factory=DataLoaderSection)
+    val_dataloader: ValDataLoaderSection = field(default_factory=ValDataLoaderSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    task: TaskSection = field(default_factory=TaskSection)
+    policy: Dict[str, Any] = field(default_factory=dict)  # PolicyConfig overrides (dotted: scheduler.kind)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# the original's training.debug
+DEBUG_OVERRIDES = {"training.num_epochs": 2, "training.max_train_steps": 3, "training.max_val_steps": 3,
+                   "training.rollout_every": 1, "training.checkpoint_every": 1, "training.val_every": 1,
+                   "training.sample_every": 1}
+
+SEED_OBS_KEYS = list(SEED_SHAPE_META["obs"])
+LIFT_CPU_KEYS = ["agentview_image", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"]
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # the seed configuration (can / square image, both cameras, 8 x 256 transformer)
+    "seed": {"task.fixed_shape_meta": copy.deepcopy(SEED_SHAPE_META)},
+    # sized for a 2-core CPU in ~10 minutes on Lift (one camera, narrow ResNet, DDIM inference)
+    "cpu": {
+        "task.obs_keys": LIFT_CPU_KEYS,
+        "policy.vision_width": 16, "policy.n_layer": 4, "policy.n_emb": 128, "policy.n_head": 4,
+        "policy.crop_shape": (76, 76),
+        "policy.scheduler.kind": "ddim", "policy.num_inference_steps": 10,
+        "dataloader.batch_size": 64, "val_dataloader.batch_size": 64,
+        "optimizer.learning_rate": 5e-4, "training.lr_warmup_steps": 100,
+        "training.num_epochs": 1000, "training.max_total_steps": 1500,
+        "training.val_every": 5, "training.sample_every": 10, "training.rollout_every": 0,
+        "training.checkpoint_every": 5, "training.checkpoint_every_steps": 200, "training.device": "cpu",
+        "training.num_threads": 1,
+    },
+}
+
+ALIASES = {
+    "optimizer.lr": "optimizer.learning_rate",
+    "training.lr": "optimizer.learning_rate",
+    "optimizer.weight_decay": "optimizer.transformer_weight_decay",
+    "horizon": "policy.horizon",
+    "n_obs_steps": "policy.n_obs_steps",
+    "n_action_steps": "policy.n_action_steps",
+    "task.dataset.dataset_path": "task.dataset_path",
+    "dataset_path": "task.dataset_path",
+}
+_PREFIX_ALIASES = (("policy.noise_scheduler.", "policy.scheduler."), ("task.dataset.", "task."))
+
+
+def _policy_keys() -> List[str]:
+    keys = [f"policy.{f.name}" for f in dataclasses.fields(PolicyConfig) if f.name not in ("shape_meta", "scheduler")]
+    keys += [f"policy.scheduler.{f.name}" for f in dataclasses.fields(SchedulerConfig)]
+    return keys
+
+
+def _section_keys(obj, prefix: str) -> List[str]:
+    out = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out += _section_keys(v, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def known_keys() -> List[str]:
+    cfg = TrainConfig()
+    keys = [k for k in _section_keys(cfg, "") if k != "policy"]
+    return keys + _policy_keys()
+
+
+def canonical_key(key: str) -> str:
+    """Resolve aliases; raise KeyError listing close names for an unknown key."""
+    key = ALIASES.get(key, key)
+    for old, new in _PREFIX_ALIASES:
+        if key.startswith(old):
+            key = new + key[len(old):]
+    known = known_keys()
+    if key not in known:
+        close = difflib.get_close_matches(key, known + list(ALIASES), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        section = key.split(".")[0]
+        same = [k for k in known if k.startswith(section + ".")]
+        if same:
+            listing = f" Keys in '{section}': {', '.join(same)}." if not close else ""
+        else:
+            sections = sorted({k.split(".")[0] for k in known if "." in k})
+            listing = f" Sections: {', '.join(sections)} (--list-keys prints every key)."
+        raise KeyError(f"unknown config key '{key}'{hint}{listing}")
+    return key
+
+
+def parse_value(text: str) -> Any:
+    """A Python literal (5, 1e-4, True, None, [1, 2], (76, 76)); anything else is a string (cuda:0)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        low = text.strip().lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if low in ("none", "null"):
+            return None
+        return text
+
+
+def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    """['a.b=1', ...] -> {'a.b': 1}; a malformed item raises ValueError."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override '{item}' is not of the form key=value (e.g. training.num_epochs=5)")
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_value(v.strip())
+    return out
+
+
+def _check_type(key: str, default: Any, value: Any) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise TypeError(f"{key} expects True or False, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{key} expects an int, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{key} expects a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise TypeError(f"{key} expects a string, got {value!r}")
+    elif isinstance(default, (tuple, list)):
+        if not isinstance(value, (tuple, list)):
+            raise TypeError(f"{key} expects a list, got {value!r}")
+        value = type(default)(value)
+    return value
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """A new TrainConfig with dotted overrides applied (aliases resolved, types checked)."""
+    cfg = copy.deepcopy(cfg)
+    for raw, value in overrides.items():
+        key = canonical_key(raw)
+        if key.startswith("policy."):
+            cfg.policy[key[len("policy."):]] = value
+            continue
+        *path, name = key.split(".")
+        obj = cfg
+        for p in path:
+            obj = getattr(obj, p)
+        default = getattr(type(obj)(), name)
+        setattr(obj, name, _check_type(key, default, value))
+    return cfg
+
+
+def build_config(preset: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> TrainConfig:
+    """Defaults <- preset <- overrides; training.debug=True then applies the original's debug settings."""
+    cfg = TrainConfig()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise KeyError(f"unknown preset '{preset}'; presets: {sorted(PRESETS)}")
+        cfg = apply_overrides(cfg, PRESETS[preset])
+    cfg = apply_overrides(cfg, overrides or {})
+    if cfg.training.debug:
+        cfg = apply_overrides(cfg, DEBUG_OVERRIDES)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: TrainConfig) -> None:
+    t = cfg.training
+    if t.num_threads is not None and t.num_threads < 1:
+        raise ValueError(f"training.num_threads must be >= 1 or None, got {t.num_threads}")
+    for name in ("num_epochs", "gradient_accumulate_every"):
+        if getattr(t, name) < 1:
+            raise ValueError(f"training.{name} must be >= 1, got {getattr(t, name)}")
+    for name in ("rollout_every", "checkpoint_every", "val_every", "sample_every", "checkpoint_every_steps"):
+        if getattr(t, name) < 0:
+            raise ValueError(f"training.{name} must be >= 0 (0: never), got {getattr(t, name)}")
+    if t.lr_scheduler not in ("cosine", "constant", "constant_with_warmup", "linear"):
+        raise ValueError(f"training.lr_scheduler must be cosine|constant|constant_with_warmup|linear, got {t.lr_scheduler!r}")
+    if t.precision not in ("fp32", "bf16"):
+        raise ValueError(f"training.precision must be fp32 or bf16, got {t.precision!r}")
+    if cfg.optimizer.impl not in ("auto", "plain", "foreach", "fused"):
+        raise ValueError(f"optimizer.impl must be auto|plain|foreach|fused, got {cfg.optimizer.impl!r}")
+    if cfg.checkpoint.topk.mode not in ("auto", "min", "max"):
+        raise ValueError(f"checkpoint.topk.mode must be auto|min|max, got {cfg.checkpoint.topk.mode!r}")
+    if cfg.task.action_norm not in ("identity", "limits"):
+        raise ValueError(f"task.action_norm must be identity or limits, got {cfg.task.action_norm!r}")
+
+
+# ---------------------------------------------------------------------- shape_meta from the dataset
+def shape_meta_from_file(path, obs_keys: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """shape_meta from the first demo of a robomimic hdf5 file: uint8 (N, H, W, C) arrays are rgb
+    [C, H, W], (N, D) numeric arrays low_dim [D]. Keys: obs_keys in that order; default the seed's
+    keys present in the file (seed order), or every usable key when none of them is there."""
+    import h5py
+    import numpy as np
+
+    from ..data.robomimic import DatasetError, _open, sorted_demo_names
+
+    with _open(str(path)) as f:
+        if "data" not in f:
+            raise DatasetError(f"{path}: no 'data' group (robomimic layout is data/demo_<i>/...)")
+        names = sorted_demo_names(f["data"].keys())
+        if not names:
+            raise DatasetError(f"{path}: 'data' holds no demo_<i> groups")
+        demo = f["data"][names[0]]
+        if "actions" not in demo or demo["actions"].ndim != 2:
+            raise DatasetError(f"{path}: {names[0]}: missing 2-d 'actions' array")
+        avail = {}
+        for key, ds in (demo["obs"].items() if "obs" in demo else []):
+            if not isinstance(ds, h5py.Dataset):
+                continue
+            if ds.dtype == np.uint8 and ds.ndim == 4:
+                h, w, c = ds.shape[1:]
+                avail[key] = {"shape": [int(c), int(h), int(w)], "type": "rgb"}
+            elif ds.ndim == 2 and np.issubdtype(ds.dtype, np.number):
+                avail[key] = {"shape": [int(ds.shape[1])]}
+        action_dim = int(demo["actions"].shape[1])
+    if obs_keys is None:
+        obs_keys = [k for k in SEED_OBS_KEYS if k in avail] or list(avail)
+    missing = [k for k in obs_keys if k not in avail]
+    if missing:
+        raise DatasetError(f"{path}: {names[0]}: obs keys {missing} not found (or not image / 1-d arrays); "
+                           f"usable keys: {sorted(avail)}")
+    if not obs_keys:
+        raise DatasetError(f"{path}: {names[0]}: no usable obs keys")
+    return {"obs": {k: copy.deepcopy(avail[k]) for k in obs_keys}, "action": {"shape": [action_dim]}}
+
+
+def policy_config_for(cfg: TrainConfig, shape_meta: Mapping[str, Any]) -> PolicyConfig:
+    """PolicyConfig: defaults <- cfg.policy overrides, with shape_meta; when the crop was not set and
+    the images are not 84x84, the crop keeps the seed's 76/84 ratio."""
+    kw: Dict[str, Any] = {}
+    sched: Dict[str, Any] = {}
+    for k, v in cfg.policy.items():
+        if k.startswith("scheduler."):
+            sched[k[len("scheduler."):]] = v
+        else:
+            kw[k] = v
+    if sched:
+        kw["scheduler"] = SchedulerConfig(**sched)
+    rgb = [m["shape"] for m in shape_meta["obs"].values() if m.get("type") == "rgb"]
+    if "crop_shape" not in kw and rgb and any(tuple(s[1:]) != (84, 84) for s in rgb):
+        h = min(s[1] for s in rgb)
+        w = min(s[2] for s in rgb)
+        kw["crop_shape"] = (max(1, round(h * 76 / 84)), max(1, round(w * 76 / 84)))
+    return PolicyConfig(shape_meta=copy.deepcopy(dict(shape_meta)), **kw)

@@ -1,0 +1,386 @@
+"""The training loop of the original TrainDiffusionTransformerHybridWorkspace, resumable at any batch.
+
+Per batch: loss = compute_loss(batch) / gradient_accumulate_every, backward, an optimizer step + LR
+step every gradient_accumulate_every batches, an EMA update every batch (as the original), a row in
+OUT/steps.jsonl. Per epoch (epoch counted from 0, `epoch % every == 0` as the original), with the EMA
+policy in eval mode: rollouts, validation loss, action MSE on the last training batch, top-k
+checkpoint; then a row in OUT/logs.jsonl, OUT/curves.png, and the resume checkpoint.
+Differences from the original, on purpose:
+  * the optimizer steps after batches acc-1, 2acc-1, ... (the original steps after batch 0, acc, ...);
+  * the LR schedule's length counts batches actually run (max_train_steps per epoch, max_total_steps);
+  * the resume checkpoint is also written every checkpoint_every_steps batches and at every epoch end.
+"""
+from __future__ import annotations
+
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import BatchIterator, RobomimicImageDataset
+from ..data.robomimic import load_robomimic_hdf5
+from ..policy import DiffusionPolicy
+from .checkpoints import CheckpointManager, rng_state, set_rng_state, test_kill
+from .config import TrainConfig, policy_config_for, shape_meta_from_file
+from .ema import EMAModel
+from .log import JsonLinesLog, plot_curves
+from .lr import LRSchedule
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_optimizer(policy: DiffusionPolicy, cfg) -> torch.optim.AdamW:
+    o = cfg.optimizer
+    groups = policy.get_optim_groups(transformer_weight_decay=o.transformer_weight_decay,
+                                     obs_encoder_weight_decay=o.obs_encoder_weight_decay)
+    kw: Dict[str, Any] = {}
+    if o.impl == "plain":
+        kw["foreach"] = False
+    elif o.impl == "foreach":
+        kw["foreach"] = True
+    elif o.impl == "fused":
+        kw["fused"] = True
+    return torch.optim.AdamW(groups, lr=o.learning_rate, betas=tuple(o.betas), eps=o.eps, **kw)
+
+
+def compile_for_training(policy: DiffusionPolicy) -> None:
+    """torch.compile the denoiser and each camera's ResNet in place (state-dict keys unchanged); the
+    crops stay eager, so both compute_loss and the dp_fast.ops loss path run the compiled networks."""
+    policy.model.compile()
+    for net in policy.obs_encoder.obs_nets.values():
+        net.compile()
+
+
+def _to(batch, device):
+    return {"obs": {k: v.to(device, non_blocking=True) for k, v in batch["obs"].items()},
+            "action": batch["action"].to(device, non_blocking=True)}
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out_dir, quiet: bool = False):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.quiet = quiet
+        if cfg.task.dataset_path is None:
+            raise ValueError("no dataset: pass --dataset FILE.hdf5 (or task.dataset_path=...)")
+        t = cfg.training
+        if t.num_threads is not None:
+            torch.set_num_threads(t.num_threads)
+        self.device = resolve_device(t.device)
+        torch.manual_seed(t.seed)
+        np.random.seed(t.seed)
+        random.seed(t.seed)
+
+        path = cfg.task.dataset_path
+        shape_meta = cfg.task.fixed_shape_meta or shape_meta_from_file(path, cfg.task.obs_keys)
+        self.policy_config = policy_config_for(cfg, shape_meta)
+        pc = self.policy_config
+        data_device = self.device if cfg.task.gpu_resident else torch.device("cpu")
+        buffer = load_robomimic_hdf5(path, shape_meta, device=data_device)
+        self.env_args = buffer.env_args
+        self.dataset = RobomimicImageDataset(
+            path, shape_meta, pc.horizon, pc.n_obs_steps, pc.n_action_steps, val_ratio=cfg.task.val_ratio,
+            seed=cfg.task.seed, max_train_episodes=cfg.task.max_train_episodes, device=data_device,
+            action_norm=cfg.task.action_norm, buffer=buffer)
+        self.val_dataset = self.dataset.get_validation_dataset()
+        if len(self.dataset) == 0:
+            raise ValueError(f"{path}: no training windows (episodes shorter than the horizon?)")
+
+        self.policy = DiffusionPolicy(pc)
+        self.policy.set_normalizer(self.dataset.get_normalizer())
+        self.fast_loss, self.fast_loss_skip_reason = False, None
+        if t.use_fast_ops:
+            from .fast_loss import supports
+            self.fast_loss_skip_reason = supports(self.policy)
+            self.fast_loss = self.fast_loss_skip_reason is None
+        self.policy.to(self.device)
+        if t.channels_last:
+            self.policy.obs_encoder.to(memory_format=torch.channels_last)
+        self.ema = None
+        if t.use_ema:
+            e = cfg.ema
+            self.ema = EMAModel(self.policy, e.update_after_step, e.inv_gamma, e.power, e.min_value, e.max_value)
+        self.optimizer = make_optimizer(self.policy, cfg)
+        self._group_hparams = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+
+        dl = cfg.dataloader
+        self.batches = BatchIterator(len(self.dataset), dl.batch_size, shuffle=dl.shuffle, seed=t.seed,
+                                     drop_last=dl.drop_last)
+        n = len(self.batches)
+        self.steps_per_epoch = min(n, t.max_train_steps) if t.max_train_steps is not None else n
+        total_batches = self.steps_per_epoch * t.num_epochs
+        if t.max_total_steps is not None:
+            total_batches = min(total_batches, t.max_total_steps)
+        self.lr_schedule = LRSchedule(self.optimizer, t.lr_scheduler, t.lr_warmup_steps,
+                                      total_batches // t.gradient_accumulate_every)
+
+        self.step_log = JsonLinesLog(self.out / "steps.jsonl")
+        self.epoch_log = JsonLinesLog(self.out / "logs.jsonl")
+        monitor, mode = cfg.checkpoint.topk.monitor_key, cfg.checkpoint.topk.mode
+        self._rollout_fn, self.rollout_skip_reason = self._find_runner()
+        if monitor == "auto":
+            monitor = "test_mean_score" if self._rollout_fn is not None else "val_loss"
+        if mode == "auto":
+            mode = "max" if "score" in monitor else "min"
+        self.ckpt = CheckpointManager(self.out, monitor, mode, cfg.checkpoint.topk.k)
+
+        self.epoch = 0
+        self.global_step = 0
+        self.batch_in_epoch = 0
+        self.epoch_losses: List[float] = []
+        self.last_batch_idx: Optional[torch.Tensor] = None
+        self.resumed_from: Optional[int] = None
+        if t.resume and self.ckpt.has_state():
+            self._load(self.ckpt.load_state())
+        elif not t.resume:
+            self.ckpt.clear()
+            self.step_log.truncate(0)
+            self.epoch_log.truncate(0)
+        else:
+            # fresh start in a folder that may hold logs of a run without checkpoint
+            self.step_log.truncate(0)
+            self.epoch_log.truncate(0)
+
+        if t.compile:
+            compile_for_training(self.policy)
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> Dict[str, Any]:
+        return {
+            "format": "dp_fast_train/1",
+            "policy_config": self.policy_config.to_dict(),
+            "model": self.policy.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            # gradients accumulated towards the next optimizer step (gradient_accumulate_every > 1)
+            "grads": {n: p.grad.detach().cpu() for n, p in self.policy.named_parameters() if p.grad is not None},
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "epoch": self.epoch, "global_step": self.global_step, "batch_in_epoch": self.batch_in_epoch,
+            "epoch_losses": list(self.epoch_losses),
+            "last_batch_idx": self.last_batch_idx,
+            "batches": self.batches.state_dict(),
+            "rng": rng_state(),
+            "log_offsets": {"steps": self.step_log.offset(), "logs": self.epoch_log.offset()},
+        }
+
+    def _load(self, s: Dict[str, Any]) -> None:
+        if s["policy_config"] != self.policy_config.to_dict():
+            raise ValueError(f"{self.ckpt.state_path}: the checkpoint's policy config differs from this run's; "
+                             f"use the same settings, another --out, or training.resume=False")
+        self.policy.load_state_dict(s["model"])
+        if self.ema is not None and s["ema"] is not None:
+            self.ema.load_state_dict(s["ema"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        params = dict(self.policy.named_parameters())
+        for n, g in s.get("grads", {}).items():
+            params[n].grad = g.to(params[n].device)
+        for g, hp in zip(self.optimizer.param_groups, self._group_hparams):
+            g.update(hp)  # this run's lr / weight decay / betas, as the original rebuilds them
+        self.lr_schedule.last_step = int(s["lr_schedule"]["last_step"])
+        self.lr_schedule._apply()
+        self.epoch, self.global_step = int(s["epoch"]), int(s["global_step"])
+        self.batch_in_epoch = int(s["batch_in_epoch"])
+        self.epoch_losses = [float(v) for v in s["epoch_losses"]]
+        self.last_batch_idx = s["last_batch_idx"]
+        self.batches.load_state_dict(s["batches"])
+        self.step_log.truncate(int(s["log_offsets"]["steps"]))
+        self.epoch_log.truncate(int(s["log_offsets"]["logs"]))
+        set_rng_state(s["rng"])
+        self.resumed_from = self.global_step
+
+    def save(self) -> None:
+        self.ckpt.save(self._state(), self.eval_policy)
+
+    @property
+    def eval_policy(self) -> DiffusionPolicy:
+        return self.ema.averaged_model if self.ema is not None else self.policy
+
+    # ------------------------------------------------------------------ rollouts
+    def _find_runner(self):
+        import importlib.util
+
+        if self.cfg.training.rollout_every <= 0:
+            return None, "training.rollout_every=0"
+        try:
+            from ..sim.runner import run_rollouts
+        except Exception as e:  # module not there yet, or its dependencies missing
+            return None, f"{type(e).__name__}: {e}"
+        missing = [m for m in ("robosuite", "mujoco") if importlib.util.find_spec(m) is None]
+        if missing:
+            return None, f"{' and '.join(missing)} not installed (pip install -e '.[sim]')"
+        return run_rollouts, None
+
+    def _rollout(self, policy) -> Dict[str, Any]:
+        if self._rollout_fn is None:
+            return {"rollout_skipped": self.rollout_skip_reason}
+        r = self.cfg.task.env_runner
+        kw = {"n_envs": r.n_envs} if r.n_envs is not None else {}
+        try:
+            metrics = self._rollout_fn(policy, task=None, dataset=self.cfg.task.dataset_path, n_train=r.n_train,
+                                       n_test=r.n_test, max_steps=r.max_steps, n_videos=r.n_videos,
+                                       video_dir=str(self.out / "media" / f"epoch_{self.epoch:04d}"),
+                                       seed=r.test_start_seed, progress=not self.quiet, **kw)
+        except ImportError as e:  # robosuite / mujoco missing
+            return {"rollout_skipped": f"{type(e).__name__}: {e}"}
+        except Exception as e:  # a failed rollout must not end hours of training; it is logged
+            if not self.quiet:
+                print(f"rollout failed at epoch {self.epoch}: {type(e).__name__}: {e}", flush=True)
+            last = (str(e).strip().splitlines() or [""])[-1]
+            return {"rollout_error": f"{type(e).__name__}: {last}"[:500]}
+        out = {}
+        for k, v in metrics.items():
+            if isinstance(v, (int, float, bool)) or (torch.is_tensor(v) and v.numel() == 1):
+                out[k.replace("/", "_")] = float(v)
+        return out
+
+    # ------------------------------------------------------------------ loop
+    def _autocast(self):
+        if self.cfg.training.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def loss(self, policy, batch) -> torch.Tensor:
+        if self.fast_loss:
+            from .fast_loss import fast_compute_loss
+            return fast_compute_loss(policy, batch)
+        return policy.compute_loss(batch)
+
+    def _stop_reason(self, t0: Optional[float]) -> Optional[str]:
+        """Why to stop now, if at all; t0=None checks the step budget only (every run trains >= 1 batch)."""
+        t = self.cfg.training
+        if t.max_total_steps is not None and self.global_step >= t.max_total_steps:
+            return f"training.max_total_steps={t.max_total_steps} reached"
+        if t0 is not None and t.max_train_minutes is not None and time.monotonic() - t0 >= 60.0 * t.max_train_minutes:
+            return f"training.max_train_minutes={t.max_train_minutes} reached"
+        return None
+
+    def train_batch(self, idx: torch.Tensor) -> float:
+        acc = self.cfg.training.gradient_accumulate_every
+        batch = _to(self.dataset.get_batch(idx), self.device)
+        with self._autocast():
+            raw_loss = self.loss(self.policy, batch)
+        (raw_loss / acc).backward()
+        if (self.global_step + 1) % acc == 0:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.lr_schedule.step()
+        if self.ema is not None:
+            self.ema.step(self.policy)
+        return float(raw_loss.detach())
+
+    def run(self) -> Dict[str, Any]:
+        from tqdm import tqdm
+
+        t = self.cfg.training
+        t0 = time.monotonic()
+        self.policy.train()
+        last_row: Dict[str, Any] = {}
+        stop = self._stop_reason(None)
+        while self.epoch < t.num_epochs and stop is None:
+            bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch}",
+                       leave=False, mininterval=t.tqdm_interval_sec, disable=self.quiet)
+            epoch_t0, epoch_b0 = time.monotonic(), self.batch_in_epoch
+            it = iter(self.batches)
+            while self.batch_in_epoch < self.steps_per_epoch:
+                idx = next(it)
+                lr = self.lr_schedule.get_last_lr()[0]
+                loss = self.train_batch(idx)
+                self.global_step += 1
+                self.batch_in_epoch += 1
+                self.epoch_losses.append(loss)
+                self.last_batch_idx = idx
+                self.step_log.write({"global_step": self.global_step, "epoch": self.epoch, "train_loss": loss,
+                                     "lr": lr})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                test_kill("step", self.global_step)
+                stop = self._stop_reason(t0)
+                if stop is not None:
+                    break
+                every = t.checkpoint_every_steps
+                if every and self.global_step % every == 0 and self.batch_in_epoch < self.steps_per_epoch:
+                    self.save()
+            bar.close()
+            if stop is not None and self.batch_in_epoch < self.steps_per_epoch:
+                break
+            if self.batches.position != 0:  # max_train_steps cut the epoch short: next epoch starts fresh
+                self.batches.load_state_dict(dict(self.batches.state_dict(), epoch=self.batches.epoch + 1,
+                                                  position=0))
+            dt = time.monotonic() - epoch_t0
+            last_row = self.end_epoch(steps_per_s=(self.batch_in_epoch - epoch_b0) / max(dt, 1e-9))
+            stop = stop or self._stop_reason(t0)
+        if stop is not None:
+            self.save()
+            self.plot()
+            self.epoch_log.write({"event": "stopped", "reason": stop, "epoch": self.epoch,
+                                  "global_step": self.global_step})
+            if not self.quiet:
+                print(f"stopped: {stop}; run the same command again to continue")
+        return {**last_row, "epoch": self.epoch, "global_step": self.global_step, "stopped": stop}
+
+    @torch.no_grad()
+    def _val_loss(self, policy) -> Optional[float]:
+        if len(self.val_dataset) == 0:
+            return None
+        vd = self.cfg.val_dataloader
+        val_batches = BatchIterator(len(self.val_dataset), vd.batch_size, shuffle=vd.shuffle,
+                                    seed=self.cfg.training.seed, drop_last=vd.drop_last)
+        losses = []
+        for i, idx in enumerate(val_batches):
+            if self.cfg.training.max_val_steps is not None and i >= self.cfg.training.max_val_steps:
+                break
+            with self._autocast():
+                losses.append(float(self.loss(policy, _to(self.val_dataset.get_batch(idx), self.device))))
+        return float(np.mean(losses)) if losses else None
+
+    @torch.no_grad()
+    def _action_mse(self, policy) -> Optional[float]:
+        if self.last_batch_idx is None:
+            return None
+        batch = _to(self.dataset.get_batch(self.last_batch_idx), self.device)
+        pred = policy.predict_action(batch["obs"])["action_pred"]  # the policy's own inference precision
+        return float(F.mse_loss(pred.float(), batch["action"]))
+
+    def end_epoch(self, steps_per_s: float) -> Dict[str, Any]:
+        t = self.cfg.training
+        row: Dict[str, Any] = {"epoch": self.epoch, "global_step": self.global_step,
+                               "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else None,
+                               "lr": self.lr_schedule.get_last_lr()[0], "steps_per_s": steps_per_s}
+        policy = self.eval_policy
+        policy.eval()
+        due = lambda every: every > 0 and self.epoch % every == 0  # noqa: E731
+        if due(t.rollout_every):
+            row.update(self._rollout(policy))
+        if due(t.val_every):
+            row["val_loss"] = self._val_loss(policy)
+        if due(t.sample_every):
+            row["train_action_mse_error"] = self._action_mse(policy)
+        if due(t.checkpoint_every):
+            saved = self.ckpt.update_topk(self.epoch, row, policy)
+            if saved:
+                row["topk_saved"] = saved
+        self.policy.train()
+        self.epoch_log.write(row)
+        if not self.quiet:
+            msg = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+            print(msg, flush=True)
+        self.plot()
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_losses = []
+        self.save()
+        return row
+
+    def plot(self) -> None:
+        plot_curves(self.out / "curves.png", self.step_log.rows(),
+                    [r for r in self.epoch_log.rows() if "event" not in r])

@@ -1,0 +1,76 @@
+"""Dotted overrides, aliases, presets, shape_meta from the file, CLI errors."""
+import pytest
+
+from dp_fast.cli import main
+from dp_fast.train.config import (DEBUG_OVERRIDES, PRESETS, apply_overrides, build_config, canonical_key,
+                                  parse_overrides, policy_config_for, shape_meta_from_file, TrainConfig)
+from tests.train.common import tiny_meta, write_tiny
+
+
+def test_defaults_are_seed_settings():
+    c = TrainConfig()
+    assert (c.optimizer.learning_rate, tuple(c.optimizer.betas)) == (1e-4, (0.9, 0.95))
+    assert (c.optimizer.transformer_weight_decay, c.optimizer.obs_encoder_weight_decay) == (1e-3, 1e-6)
+    assert (c.training.lr_scheduler, c.training.lr_warmup_steps, c.training.seed) == ("cosine", 10, 42)
+    assert (c.training.num_epochs, c.training.val_every, c.training.sample_every) == (100, 1, 5)
+    assert (c.training.checkpoint_every, c.training.rollout_every, c.dataloader.batch_size) == (10, 10, 64)
+    assert (c.ema.power, c.ema.inv_gamma, c.ema.min_value, c.ema.max_value, c.ema.update_after_step) == \
+        (0.75, 1.0, 0.0, 0.9999, 0)
+
+
+def test_parse_and_apply_dotted_overrides():
+    ov = parse_overrides(["training.num_epochs=5", "optimizer.lr=3e-4", "policy.crop_shape=(70, 70)",
+                          "training.device=cuda:0", "training.max_train_steps=None", "training.use_ema=false",
+                          "policy.noise_scheduler.kind=ddim", "horizon=16", "task.dataset.val_ratio=0.1"])
+    c = build_config(None, ov)
+    assert c.training.num_epochs == 5 and c.optimizer.learning_rate == 3e-4
+    assert c.training.device == "cuda:0" and c.training.max_train_steps is None and c.training.use_ema is False
+    assert c.policy == {"crop_shape": (70, 70), "scheduler.kind": "ddim", "horizon": 16}
+    assert c.task.val_ratio == 0.1
+    assert canonical_key("optimizer.weight_decay") == "optimizer.transformer_weight_decay"
+
+
+def test_unknown_key_lists_close_names():
+    with pytest.raises(KeyError, match="training.num_epochs"):
+        build_config(None, {"training.num_epoch": 3})
+    with pytest.raises(KeyError, match="Sections: .*training"):
+        build_config(None, {"trainin.foo": 3})
+    with pytest.raises(TypeError, match="training.num_epochs expects an int"):
+        build_config(None, {"training.num_epochs": "many"})
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["training.num_epochs"])
+
+
+def test_presets_and_debug():
+    seed = build_config("seed")
+    assert seed.task.fixed_shape_meta["obs"]["robot0_eye_in_hand_image"]["shape"] == [3, 84, 84]
+    cpu = build_config("cpu", {"training.num_epochs": 7})
+    assert cpu.policy["n_layer"] == 4 and cpu.policy["vision_width"] == 16 and cpu.training.num_epochs == 7
+    assert cpu.task.obs_keys == ["agentview_image", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"]
+    d = build_config("cpu", {"training.debug": True})
+    assert all(getattr(d.training, k.split(".")[1]) == v for k, v in DEBUG_OVERRIDES.items())
+    with pytest.raises(KeyError, match="presets"):
+        build_config("nope")
+    for p in PRESETS.values():  # every preset key is a valid key
+        apply_overrides(TrainConfig(), p)
+
+
+def test_shape_meta_from_file(tmp_path):
+    path = write_tiny(tmp_path / "d.hdf5")
+    meta = shape_meta_from_file(path)
+    assert meta == tiny_meta() or meta["obs"] == tiny_meta()["obs"]
+    only = shape_meta_from_file(path, ["robot0_eef_pos", "agentview_image"])
+    assert list(only["obs"]) == ["robot0_eef_pos", "agentview_image"] and only["action"]["shape"] == [7]
+    with pytest.raises(ValueError, match="robot0_eye_in_hand_image"):
+        shape_meta_from_file(path, ["robot0_eye_in_hand_image"])
+    pc = policy_config_for(build_config(None, {"policy.n_layer": 2}), meta)
+    assert pc.n_layer == 2 and pc.crop_shape == (7, 5)  # 8x6 images keep the 76/84 crop ratio
+
+
+def test_cli_unknown_key_and_missing_out(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "o"), "training.num_epoch=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'training.num_epoch'" in err and "training.num_epochs" in err
+    assert main(["train", "training.num_epochs=3"]) == 2
+    assert main(["train", "--out", str(tmp_path / "o")]) == 2  # no dataset
+    assert "--dataset" in capsys.readouterr().err
