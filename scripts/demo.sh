@@ -1,22 +1,72 @@
 #!/usr/bin/env bash
-# The main job on a small default: set up .venv (as scripts/test.sh does), then `dp-fast demo`:
-# load the original-format diffusion_policy checkpoint recorded in ../shared/fixtures (when this
-# checkout has it; otherwise the seed configuration with random weights), predict an action chunk
-# with each available backend, check them against the recorded actions of the original code and
-# print them with their latency.
+# The main job, end to end on a small default (README, first command):
+#   0. set up .venv with the simulator extra (as scripts/test.sh does, plus robosuite + mujoco);
+#   1. fidelity: load the original-format diffusion_policy checkpoint recorded in ../shared/fixtures (when
+#      this checkout has it), check its actions against the original code's recorded ones, time backends;
+#   2. `dp-fast demos`: scripted-expert demonstrations of robosuite Lift in robomimic's hdf5 layout;
+#   3. `dp-fast train`: train the policy on them (CPU: the `cpu` preset; GPU: the seed configuration);
+#   4. `dp-fast eval`: roll the trained policy out in parallel envs, print the success rate and the
+#      policy latency, write videos.
+# Outputs in $OUT (default out/demo): lift.hdf5, run/ (checkpoints/, logs.jsonl, curves.png), videos/,
+# eval.json. Re-running resumes training where it stopped and regenerates nothing that exists.
 #
-#   bash scripts/demo.sh [dp-fast demo args...]     e.g. --batch 8 --repeats 5
+#   bash scripts/demo.sh
+#
+# Environment (all optional):
+#   OUT                      output folder (default out/demo)
+#   DP_FAST_DEMO_DEVICE      cpu | cuda (default: cuda when torch sees a GPU, else cpu)
+#   DP_FAST_DEMO_N           demonstrations (default 100)
+#   DP_FAST_DEMO_STEPS       training steps (default: cpu 2400, cuda 20000)
+#   DP_FAST_DEMO_EPISODES    evaluation episodes (default 20)
+#   DP_FAST_DEMO_FIDELITY=0  skip step 1
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
-echo "==> venv + torch + triton"; setup_venv
-echo "==> install (builds dp_fast._C)"; install_project
-ARGS=()
-for dir in "${DP_FAST_FIXTURES:-}" ../shared/fixtures /work/shared/fixtures; do
-  if [ -n "$dir" ] && [ -f "$dir/dp_variant_ckpt/variant.ckpt.zst" ]; then
-    ARGS=(--checkpoint "$dir/dp_variant_ckpt/variant.ckpt.zst" --expected "$dir/dp_variant_ckpt/variant_expected.pt")
-    break
-  fi
-done
-echo "==> dp-fast demo ${ARGS[*]} $*"
-exec "$VENV/bin/dp-fast" demo "${ARGS[@]}" "$@"
+OUT=${OUT:-out/demo}
+T0=$(date +%s)
+stamp() { echo; echo "==> [$(( $(date +%s) - T0 )) s] $*"; }
+
+stamp "venv + torch + triton"; setup_venv
+stamp "install (builds dp_fast._C; extras $DP_FAST_EXTRAS)"; install_project
+PY="$VENV/bin/python"
+DPF="$VENV/bin/dp-fast"
+mkdir -p "$OUT"
+
+DEVICE=${DP_FAST_DEMO_DEVICE:-$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}
+N=${DP_FAST_DEMO_N:-100}
+EPISODES=${DP_FAST_DEMO_EPISODES:-20}
+if [ "$DEVICE" = cuda ]; then
+  # the seed configuration: both 84x84 cameras, 8 x 256 transformer, DDPM 100 steps
+  PRESET=seed; STEPS=${DP_FAST_DEMO_STEPS:-20000}; CAMERAS=(agentview robot0_eye_in_hand)
+  TRAIN_ARGS=(training.device=cuda)
+else
+  # sized for a 2-core CPU: the agentview camera, narrow ResNet, 4 x 128 transformer, DDIM 10 steps
+  PRESET=cpu; STEPS=${DP_FAST_DEMO_STEPS:-2400}; CAMERAS=(agentview)
+  TRAIN_ARGS=(training.num_threads="$("$PY" -c 'import os; print(min(2, os.cpu_count() or 1))')")
+fi
+
+if [ "${DP_FAST_DEMO_FIDELITY:-1}" != 0 ]; then
+  for dir in "${DP_FAST_FIXTURES:-}" ../shared/fixtures /work/shared/fixtures; do
+    if [ -n "$dir" ] && [ -f "$dir/dp_variant_ckpt/variant.ckpt.zst" ]; then
+      stamp "fidelity: an original diffusion_policy checkpoint vs the original code's recorded actions"
+      "$DPF" demo --checkpoint "$dir/dp_variant_ckpt/variant.ckpt.zst" \
+        --expected "$dir/dp_variant_ckpt/variant_expected.pt" --workdir "$OUT/fidelity" --repeats 3
+      break
+    fi
+  done
+fi
+
+if [ ! -f "$OUT/lift.hdf5" ]; then
+  stamp "demonstrations: $N scripted Lift episodes, camera(s) ${CAMERAS[*]} at 84x84"
+  "$DPF" demos --task lift --n "$N" --out "$OUT/lift.hdf5" --workers 2 --cameras "${CAMERAS[@]}" --seed 0
+fi
+
+stamp "training: preset $PRESET, $STEPS steps on $DEVICE (resumes if $OUT/run has a checkpoint)"
+"$DPF" train --dataset "$OUT/lift.hdf5" --out "$OUT/run" --preset "$PRESET" \
+  training.max_total_steps="$STEPS" "${TRAIN_ARGS[@]}"
+
+stamp "evaluation: $EPISODES Lift episodes from unseen seeds, 2 envs"
+"$DPF" eval --policy "$OUT/run/checkpoints/latest.safetensors" --task lift --episodes "$EPISODES" --envs 2 \
+  --device "$DEVICE" --video "$OUT/videos" --json "$OUT/eval.json"
+
+stamp "done: training curves $OUT/run/curves.png, videos $OUT/videos/, metrics $OUT/eval.json"

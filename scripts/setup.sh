@@ -5,12 +5,13 @@
 #   PYTHON                          interpreter for a new .venv (default python3)
 #   DP_FAST_TORCH / DP_FAST_TRITON  pins (default torch==2.13.0, triton==3.6.0: CPU torch; the Triton
 #                                   version of the GPU machines)
-#   DP_FAST_EXTRAS                  extras to install (default dev,triton)
+#   DP_FAST_EXTRAS                  extras to install (default dev,triton,sim: tests, Triton interpreter,
+#                                   robosuite + mujoco for the simulation tests and the demo)
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 TORCH_SPEC=${DP_FAST_TORCH:-torch==2.13.0}
 TRITON_SPEC=${DP_FAST_TRITON:-triton==3.6.0}
-DP_FAST_EXTRAS=${DP_FAST_EXTRAS:-dev,triton}
+DP_FAST_EXTRAS=${DP_FAST_EXTRAS:-dev,triton,sim}
 
 pip_install() {  # pip's warnings about index directories that lack a package are noise here
   "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }

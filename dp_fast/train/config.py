@@ -146,15 +146,17 @@ LIFT_CPU_KEYS = ["agentview_image", "robot0_eef_pos", "robot0_eef_quat", "robot0
 PRESETS: Dict[str, Dict[str, Any]] = {
     # the seed configuration (can / square image, both cameras, 8 x 256 transformer)
     "seed": {"task.fixed_shape_meta": copy.deepcopy(SEED_SHAPE_META)},
-    # sized for a 2-core CPU in ~10 minutes on Lift (one camera, narrow ResNet, DDIM inference)
+    # sized for a 2-core CPU in ~10 minutes on Lift (one camera, narrow ResNet, DDIM inference).
+    # One thread: on a shared 2-core machine two OpenMP threads can be ~20x slower than one; on an idle
+    # machine training.num_threads=2 is ~1.5x faster (scripts/demo.sh sets it).
     "cpu": {
         "task.obs_keys": LIFT_CPU_KEYS,
         "policy.vision_width": 16, "policy.n_layer": 4, "policy.n_emb": 128, "policy.n_head": 4,
         "policy.crop_shape": (76, 76),
         "policy.scheduler.kind": "ddim", "policy.num_inference_steps": 10,
         "dataloader.batch_size": 64, "val_dataloader.batch_size": 64,
-        "optimizer.learning_rate": 5e-4, "training.lr_warmup_steps": 100,
-        "training.num_epochs": 1000, "training.max_total_steps": 1500,
+        "optimizer.learning_rate": 1e-3, "training.lr_warmup_steps": 100,
+        "training.num_epochs": 1000, "training.max_total_steps": 2400,
         "training.val_every": 5, "training.sample_every": 10, "training.rollout_every": 0,
         "training.checkpoint_every": 5, "training.checkpoint_every_steps": 200, "training.device": "cpu",
         "training.num_threads": 1,
