@@ -69,6 +69,7 @@ def test_original_dataloader(benchmark, datasets):
                                          num_workers=0)
     it = iter(loader)
     benchmark.group = GROUP
+    benchmark.extra_info["row"] = "reference"  # per-sample DataLoader baseline, as the original
     out = benchmark(lambda: next(it))
     assert out["action"].shape == (BATCH, HORIZON, 7)
     _report(benchmark)
@@ -79,6 +80,7 @@ def test_get_batch_uint8(benchmark, datasets):
     batches = index_batches(len(ours))
     check_same(ours, orig, next(batches))
     benchmark.group = GROUP
+    benchmark.extra_info["row"] = "get_batch_uint8"
     out = benchmark(lambda: ours.get_batch(next(batches)))
     assert out["obs"]["agentview_image"].shape == (BATCH, TO, 3, 84, 84)
     _report(benchmark)
@@ -94,6 +96,7 @@ def test_get_batch_float(benchmark, datasets):
         return b
 
     benchmark.group = GROUP
+    benchmark.extra_info["row"] = "get_batch_float"
     out = benchmark(fetch)
     assert out["obs"]["agentview_image"].dtype == torch.float32
     _report(benchmark)
@@ -115,6 +118,7 @@ def test_get_batch_cuda(benchmark, datasets):
     for _ in range(5):
         fetch()
     benchmark.group = GROUP
+    benchmark.extra_info["row"] = "get_batch_cuda"
     benchmark(fetch)
     _report(benchmark)
 

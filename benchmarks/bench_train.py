@@ -137,6 +137,7 @@ def test_train_step(benchmark, name, batch, plain_loss):
 
     benchmark.group = GROUP
     benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
+    benchmark.extra_info["row"] = "reference" if name == "plain" else name  # plain PyTorch = the baseline row
     benchmark.extra_info["batch"] = BATCH
     benchmark.extra_info["samples_per_s"] = round(BATCH / benchmark.stats.stats.mean, 2)
     benchmark.extra_info["first_loss"] = first

@@ -28,6 +28,7 @@ EXTRA_COLUMNS = [
     ("gbps", "GB/s", "{:.1f}"),
     ("bandwidth_frac", "of peak BW", "{:.0%}"),
     ("capture_s", "capture (s)", "{:.3f}"),
+    ("samples_per_s", "samples/s", "{:.1f}"),
     ("max_abs_err_vs_reference", "max abs err vs reference", "{:.1e}"),
 ]
 
