@@ -52,7 +52,7 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, al
         return add_noise_ref(x0, noise, timesteps, alphas_cumprod)
     check_contiguous(OP, name, x0=x0, noise=noise, timesteps=timesteps, alphas_cumprod=alphas_cumprod)
     if name == "triton":
-        from dp_fast.kernels.add_noise import add_noise_triton
+        from . import _triton_ops  # noqa: F401  (registers torch.ops.dp_fast.add_noise_triton)
         with device_guard(x0.device):
-            return add_noise_triton(x0, noise, timesteps, alphas_cumprod)
+            return torch.ops.dp_fast.add_noise_triton(x0, noise, timesteps, alphas_cumprod)
     return torch.ops.dp_fast.add_noise(x0, noise, timesteps, alphas_cumprod)

@@ -53,7 +53,7 @@ def ddpm_step(sample: torch.Tensor, model_output: torch.Tensor, noise: torch.Ten
         return ddpm_step_ref(sample, model_output, noise, table, step)
     check_contiguous(OP, name, sample=sample, model_output=model_output, noise=noise, table=table)
     if name == "triton":
-        from dp_fast.kernels.ddpm_step import ddpm_step_triton
+        from . import _triton_ops  # noqa: F401  (registers torch.ops.dp_fast.ddpm_step_triton)
         with device_guard(sample.device):
-            return ddpm_step_triton(sample, model_output, noise, table, step)
+            return torch.ops.dp_fast.ddpm_step_triton(sample, model_output, noise, table, step)
     return torch.ops.dp_fast.ddpm_step(sample, model_output, noise, table, step)

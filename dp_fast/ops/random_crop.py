@@ -80,9 +80,9 @@ def random_crop(images: torch.Tensor, offsets: torch.Tensor, size: Size, *, norm
         return random_crop_ref(images, offsets, (h, w), normalize)
     check_contiguous(OP, name, images=images, offsets=offsets)
     if name == "triton":
-        from dp_fast.kernels.random_crop import random_crop_triton
+        from . import _triton_ops  # noqa: F401  (registers torch.ops.dp_fast.random_crop_triton)
         with device_guard(images.device):
-            return random_crop_triton(images, offsets, h, w, normalize)
+            return torch.ops.dp_fast.random_crop_triton(images, offsets, h, w, normalize)
     return torch.ops.dp_fast.random_crop(images, offsets, h, w, bool(normalize))
 
 
