@@ -4,8 +4,6 @@ sampler's body run uncaptured on the CPU (what backend "triton" runs on a CPU po
 Every test feeds the same injected noise to the reference and the fast path; fp32 must agree to 1e-5
 (float reassociation only), 16-bit weights within a bound measured against fp32.
 """
-import dataclasses
-import os
 
 import pytest
 import torch
@@ -239,13 +237,16 @@ def test_auto_on_cpu_selects_the_cpu_sampler(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("mode", ["default", "encoder_only", "inpaint_decoder"])
 @pytest.mark.parametrize("batch", [1, 8])
-def test_cuda_graph_sampler_matches_reference(mode, batch):
+def test_cuda_graph_sampler_matches_reference(mode, batch, backend):
     """Captured once, replayed: same actions as the reference for injected noise; fresh noise per call
     from in-graph RNG; capture cost recorded separately."""
     cfg = cfg_of(**MODES[mode])
-    ref, fast = pair(cfg, backend="cuda" if "cuda" in os.environ.get("DP_FAST_TEST_GPU_BACKEND", "cuda") else "triton")
+    if not dp_fast.backends()[backend]["available"]:
+        pytest.skip(dp_fast.backends()[backend]["reason"])
+    ref, fast = pair(cfg, backend=backend)
     ref, fast = ref.cuda(), fast.cuda()
     obs = {k: v.cuda() for k, v in random_obs(cfg, batch).items()}
     noise = injected(ref, batch).cuda()
