@@ -1,6 +1,7 @@
 // dp_fast::ddpm_step: schema, argument checks and the CPU kernel. See ddpm_step.h for the math.
 
 #include "ddpm_step.h"
+#include "op_util.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty_like.h>
@@ -11,21 +12,8 @@
 namespace dp_fast {
 namespace {
 
-const char* dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "float32";
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    case at::kDouble: return "float64";
-    case at::kLong: return "int64";
-    case at::kInt: return "int32";
-    default: return c10::toString(t);
-  }
-}
-
-bool is_supported_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
-}
+using util::dtype_name;
+using util::is_supported_float;
 
 // Elements per task; the op is memory bound and ~10 flops per element, so small inputs (the
 // usual (B, 16, 10) action chunk) stay on the calling thread.

@@ -1,4 +1,4 @@
-// Small helpers shared by the argument checks of the add_noise and random_crop ops.
+// Small helpers shared by the argument checks of the ops (ddpm_step, add_noise, random_crop).
 #pragma once
 
 #include <ATen/core/Tensor.h>

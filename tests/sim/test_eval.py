@@ -8,20 +8,12 @@ torch = pytest.importorskip("torch")
 
 from dp_fast import DiffusionPolicy, PolicyConfig  # noqa: E402
 from dp_fast.cli import main as cli_main  # noqa: E402
+from dp_fast.config import SEED_SHAPE_META  # noqa: E402
 from dp_fast.sim.video import read_video  # noqa: E402
 
 pytestmark = pytest.mark.sim
 
-LIFT_META = {
-    "obs": {
-        "agentview_image": {"shape": [3, 84, 84], "type": "rgb"},
-        "robot0_eye_in_hand_image": {"shape": [3, 84, 84], "type": "rgb"},
-        "robot0_eef_pos": {"shape": [3]},
-        "robot0_eef_quat": {"shape": [4]},
-        "robot0_gripper_qpos": {"shape": [2]},
-    },
-    "action": {"shape": [7]},
-}
+LIFT_META = SEED_SHAPE_META  # the seed's keys: both lift cameras at 84x84 + the 3 low-dim keys
 
 
 @pytest.fixture(scope="module")
