@@ -16,7 +16,7 @@
 #   OUT                      output folder (default out/demo)
 #   DP_FAST_DEMO_DEVICE      cpu | cuda (default: cuda when torch sees a GPU, else cpu)
 #   DP_FAST_DEMO_N           demonstrations (default 100)
-#   DP_FAST_DEMO_STEPS       training steps (default: cpu 2400, cuda 20000)
+#   DP_FAST_DEMO_STEPS       training steps (default: cpu 4800, cuda 20000)
 #   DP_FAST_DEMO_EPISODES    evaluation episodes (default 20)
 #   DP_FAST_DEMO_FIDELITY=0  skip step 1
 set -euo pipefail
@@ -37,11 +37,11 @@ N=${DP_FAST_DEMO_N:-100}
 EPISODES=${DP_FAST_DEMO_EPISODES:-20}
 if [ "$DEVICE" = cuda ]; then
   # the seed configuration: both 84x84 cameras, 8 x 256 transformer, DDPM 100 steps
-  PRESET=seed; STEPS=${DP_FAST_DEMO_STEPS:-20000}; CAMERAS=(agentview robot0_eye_in_hand)
+  PRESET=seed; STEPS=${DP_FAST_DEMO_STEPS:-20000}; CAMERAS=(agentview robot0_eye_in_hand); SIZE=84
   TRAIN_ARGS=(training.device=cuda)
 else
-  # sized for a 2-core CPU: the agentview camera, narrow ResNet, 4 x 128 transformer, DDIM 10 steps
-  PRESET=cpu; STEPS=${DP_FAST_DEMO_STEPS:-2400}; CAMERAS=(agentview)
+  # sized for a 2-core CPU: the wrist camera at 48 px, narrow ResNet, 4 x 128 transformer, horizon 16, DDIM 10
+  PRESET=cpu; STEPS=${DP_FAST_DEMO_STEPS:-4800}; CAMERAS=(robot0_eye_in_hand); SIZE=48
   TRAIN_ARGS=(training.num_threads="$("$PY" -c 'import os; print(min(2, os.cpu_count() or 1))')")
 fi
 
@@ -57,8 +57,9 @@ if [ "${DP_FAST_DEMO_FIDELITY:-1}" != 0 ]; then
 fi
 
 if [ ! -f "$OUT/lift.hdf5" ]; then
-  stamp "demonstrations: $N scripted Lift episodes, camera(s) ${CAMERAS[*]} at 84x84"
-  "$DPF" demos --task lift --n "$N" --out "$OUT/lift.hdf5" --workers 2 --cameras "${CAMERAS[@]}" --seed 0
+  stamp "demonstrations: $N scripted Lift episodes, camera(s) ${CAMERAS[*]} at ${SIZE}x${SIZE}"
+  "$DPF" demos --task lift --n "$N" --out "$OUT/lift.hdf5" --workers 2 --cameras "${CAMERAS[@]}" \
+    --image-size "$SIZE" --seed 0
 fi
 
 stamp "training: preset $PRESET, $STEPS steps on $DEVICE (resumes if $OUT/run has a checkpoint)"

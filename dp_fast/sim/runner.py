@@ -48,6 +48,8 @@ import numpy as np
 
 DEFAULT_MAX_STEPS = {"lift": 400, "can": 400, "square": 400}
 VIDEO_CAMERA = "agentview"
+# video frames are rendered at least this size: a policy may see 48 px images, a person wants more
+VIDEO_MIN_SIZE = 128
 
 
 # =========================================================================================== worker side
@@ -83,8 +85,8 @@ class _EnvWorker:
 
         self.cfg = cfg
         self.env = make_env(cfg["env_args"])
-        self.policy_cams = bool(cfg["policy_cameras"])
-        self.env.set_cameras(self.policy_cams)
+        self.policy_cams = list(cfg["policy_cameras"])
+        self.env.set_cameras(bool(self.policy_cams), self.policy_cams)
         self.keys = list(cfg["obs_keys"])
         self.n_obs = int(cfg["n_obs_steps"])
         self.max_steps = int(cfg["max_steps"])
@@ -104,7 +106,9 @@ class _EnvWorker:
     def reset(self, ep: Mapping[str, Any]):
         self.video = ep.get("video")
         self.fault = ep.get("fault") or {}
-        self.env.set_cameras(self.policy_cams or bool(self.video))
+        # the video camera renders in recorded episodes only
+        cams = self.policy_cams + ([self.cfg["video_camera"]] if self.video else [])
+        self.env.set_cameras(bool(cams), list(dict.fromkeys(cams)))
         obs = self.env.reset_to(ep["state"]) if "state" in ep else self.env.reset(seed=int(ep["seed"]))
         self.frames = [self._frame(obs)] if self.video else []
         self.hist = deque([self._policy_obs(obs)] * self.n_obs, maxlen=self.n_obs)
@@ -244,7 +248,8 @@ def _read_train_states(dataset, n_train: int, start: int):
 
 
 def _env_args_for(policy_meta, task, dataset_env_args, cameras, video):
-    """env_args with the policy's cameras (+ the video camera) at the policy's image size."""
+    """env_args with the policy's cameras at the policy's image size, plus the video camera (when it is
+    not a policy camera) at max(policy size, VIDEO_MIN_SIZE)."""
     from .env import make_env_args
 
     rgb = {k: m for k, m in policy_meta.items() if m.get("type", "low_dim") == "rgb"}
@@ -253,18 +258,24 @@ def _env_args_for(policy_meta, task, dataset_env_args, cameras, video):
         raise ValueError(f"all policy cameras must be square and of one size, got {sizes}")
     size = next(iter(sizes))[0] if sizes else 84
     cams = list(cameras) if cameras is not None else [k[: -len("_image")] for k in rgb]
-    if video and VIDEO_CAMERA not in cams:
-        cams.append(VIDEO_CAMERA)
     if dataset_env_args is None:
-        return make_env_args(task, image_size=size, cameras=cams, render=bool(cams))
-    args = dict(dataset_env_args)
-    kw = dict(args["env_kwargs"])
-    if sizes and int(kw.get("camera_heights", size)) != size:
-        raise ValueError(f"the dataset's cameras are {kw.get('camera_heights')} px, the policy wants {size} px")
-    # only the cameras needed are rendered (an image does not depend on which other cameras exist)
-    kw.update(camera_names=cams, camera_heights=int(kw.get("camera_heights", size)),
-              camera_widths=int(kw.get("camera_widths", size)))
-    args["env_kwargs"] = kw
+        args = make_env_args(task, image_size=size, cameras=cams, render=bool(cams) or video)
+    else:
+        args = dict(dataset_env_args)
+        kw = dict(args["env_kwargs"])
+        file_size = kw.get("camera_heights", size)
+        file_size = int(file_size[0] if isinstance(file_size, (list, tuple)) else file_size)
+        if sizes and file_size != size:
+            raise ValueError(f"the dataset's cameras are {file_size} px, the policy wants {size} px")
+        # only the cameras needed are rendered (an image does not depend on which other cameras exist)
+        kw.update(camera_names=cams, camera_heights=size, camera_widths=size)
+        args["env_kwargs"] = kw
+    if video and VIDEO_CAMERA not in cams:
+        kw = dict(args["env_kwargs"])
+        vsize = max(size, VIDEO_MIN_SIZE)
+        kw.update(camera_names=cams + [VIDEO_CAMERA], camera_heights=[size] * len(cams) + [vsize],
+                  camera_widths=[size] * len(cams) + [vsize], use_camera_obs=True, has_offscreen_renderer=True)
+        args["env_kwargs"] = kw
     return args
 
 
@@ -364,7 +375,7 @@ def run_rollouts(policy, *, task: Optional[str] = None, dataset=None, n_train: i
     _check_obs_keys(meta, env_args)
     cfg = {"env_args": env_args, "obs_keys": list(meta), "n_obs_steps": int(policy.n_obs_steps),
            "max_steps": max_steps, "stop_on_success": bool(stop_on_success), "video_camera": VIDEO_CAMERA,
-           "policy_cameras": any(m.get("type") == "rgb" for m in meta.values())}
+           "policy_cameras": [k[: -len("_image")] for k, m in meta.items() if m.get("type") == "rgb"]}
     device = getattr(policy, "device", torch.device("cpu"))
 
     ctx = _mp_context()

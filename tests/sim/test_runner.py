@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from dp_fast.sim.env import make_env, make_env_args  # noqa: E402
 from dp_fast.sim.experts import down_rotation, gripper_yaw, nearest_equivalent, rotvec, yaw_of  # noqa: E402
-from dp_fast.sim.runner import _lag, run_rollouts  # noqa: E402
+from dp_fast.sim.runner import VIDEO_MIN_SIZE, _env_args_for, _lag, run_rollouts  # noqa: E402
 from dp_fast.sim.video import read_video  # noqa: E402
 
 pytestmark = pytest.mark.sim
@@ -129,7 +129,29 @@ def test_scripted_policy_reaches_expert_success(lift_dataset, tmp_path):
     for p in m["video_paths"]:
         assert (tmp_path / "videos").exists() and __import__("os").path.getsize(p) > 1000
         frames = read_video(p)
-        assert frames.shape == (lengths[p.split("/")[-1].split("_")[0]] + 1, 84, 84, 3) and frames.std() > 5
+        v = VIDEO_MIN_SIZE  # a low-dim policy: the video camera alone, at the video size
+        assert frames.shape == (lengths[p.split("/")[-1].split("_")[0]] + 1, v, v, 3) and frames.std() > 5
+
+
+def test_video_camera_renders_at_video_size_only_when_asked():
+    """A 48 px wrist-camera policy: the env renders the wrist camera at 48 px every step and agentview
+    at VIDEO_MIN_SIZE only while a video episode asks for it."""
+    meta = {"robot0_eye_in_hand_image": {"shape": [3, 48, 48], "type": "rgb"}, "robot0_eef_pos": {"shape": [3]}}
+    args = _env_args_for(meta, "lift", None, None, video=True)
+    kw = args["env_kwargs"]
+    assert kw["camera_names"] == ["robot0_eye_in_hand", "agentview"]
+    assert kw["camera_heights"] == [48, VIDEO_MIN_SIZE] and kw["camera_widths"] == [48, VIDEO_MIN_SIZE]
+    assert _env_args_for(meta, "lift", None, None, video=False)["env_kwargs"]["camera_names"] == ["robot0_eye_in_hand"]
+    with make_env(args) as env:
+        env.set_cameras(True, ["robot0_eye_in_hand"])
+        obs = env.reset(seed=3)
+        assert obs["robot0_eye_in_hand_image"].shape == (48, 48, 3) and "agentview_image" not in obs
+        env.set_cameras(True)
+        obs = env.get_observation()
+        assert obs["agentview_image"].shape == (VIDEO_MIN_SIZE, VIDEO_MIN_SIZE, 3)
+        assert obs["robot0_eye_in_hand_image"].shape == (48, 48, 3)
+        with pytest.raises(ValueError, match="frontview"):
+            env.set_cameras(True, ["frontview"])
 
 
 def test_faults_are_reported_and_workers_replaced():

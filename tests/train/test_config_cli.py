@@ -46,7 +46,8 @@ def test_presets_and_debug():
     assert seed.task.fixed_shape_meta["obs"]["robot0_eye_in_hand_image"]["shape"] == [3, 84, 84]
     cpu = build_config("cpu", {"training.num_epochs": 7})
     assert cpu.policy["n_layer"] == 4 and cpu.policy["vision_width"] == 16 and cpu.training.num_epochs == 7
-    assert cpu.task.obs_keys == ["agentview_image", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"]
+    assert cpu.task.obs_keys == ["robot0_eye_in_hand_image", "robot0_eef_pos", "robot0_eef_quat",
+                                 "robot0_gripper_qpos"]
     d = build_config("cpu", {"training.debug": True})
     assert all(getattr(d.training, k.split(".")[1]) == v for k, v in DEBUG_OVERRIDES.items())
     with pytest.raises(KeyError, match="presets"):

@@ -9,7 +9,8 @@ from dp_fast import load_policy
 from dp_fast.train.config import build_config
 from dp_fast.train.log import read_jsonl
 from dp_fast.train.trainer import Trainer
-from tests.train.common import overrides, write_tiny
+from tests.data.make_hdf5 import make_demos, write_robomimic
+from tests.train.common import overrides, tiny_meta, write_tiny
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,10 @@ def test_loss_falls_on_tiny_problem(tmp_path):
 
 
 def test_cpu_preset_runs_with_ddim_sampling(tmp_path):
-    data = write_tiny(tmp_path / "d.hdf5")
+    meta = tiny_meta()
+    meta["obs"] = {("robot0_eye_in_hand_image" if k == "agentview_image" else k): v for k, v in meta["obs"].items()}
+    data = tmp_path / "d.hdf5"
+    write_robomimic(data, make_demos([12] * 5, meta, 0))
     ov = overrides(data, policy__crop_shape=(7, 5), training__num_epochs=1, training__max_train_steps=2,
                    training__sample_every=1, training__val_every=1, training__lr_warmup_steps=100)
     for k in ("policy.num_inference_steps", "policy.n_layer", "policy.n_emb", "policy.n_head"):
@@ -127,8 +131,9 @@ def test_cpu_preset_runs_with_ddim_sampling(tmp_path):
     tr = Trainer(cfg, tmp_path / "out", quiet=True)
     pc = tr.policy_config
     assert (pc.scheduler.kind, pc.inference_steps, pc.n_layer, pc.n_emb, pc.vision_width) == ("ddim", 10, 4, 128, 16)
-    assert list(pc.shape_meta["obs"]) == ["agentview_image", "robot0_eef_pos", "robot0_eef_quat",
+    assert list(pc.shape_meta["obs"]) == ["robot0_eye_in_hand_image", "robot0_eef_pos", "robot0_eef_quat",
                                           "robot0_gripper_qpos"]
+    assert pc.p_drop_attn == 0.0 and pc.horizon == 16
     tr.run()
     row = read_jsonl(tmp_path / "out" / "logs.jsonl")[0]
     assert row["train_action_mse_error"] >= 0 and row["val_loss"] > 0
