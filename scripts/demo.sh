@@ -17,7 +17,7 @@
 #   DP_FAST_DEMO_DEVICE      cpu | cuda (default: cuda when torch sees a GPU, else cpu)
 #   DP_FAST_DEMO_N           demonstrations (default 100)
 #   DP_FAST_DEMO_STEPS       training steps (default: cpu 4800, cuda 20000)
-#   DP_FAST_DEMO_EPISODES    evaluation episodes (default 20)
+#   DP_FAST_DEMO_EPISODES    evaluation episodes (default 50)
 #   DP_FAST_DEMO_FIDELITY=0  skip step 1
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -34,7 +34,7 @@ mkdir -p "$OUT"
 
 DEVICE=${DP_FAST_DEMO_DEVICE:-$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}
 N=${DP_FAST_DEMO_N:-100}
-EPISODES=${DP_FAST_DEMO_EPISODES:-20}
+EPISODES=${DP_FAST_DEMO_EPISODES:-50}
 if [ "$DEVICE" = cuda ]; then
   # the seed configuration: both 84x84 cameras, 8 x 256 transformer, DDPM 100 steps
   PRESET=seed; STEPS=${DP_FAST_DEMO_STEPS:-20000}; CAMERAS=(agentview robot0_eye_in_hand); SIZE=84
