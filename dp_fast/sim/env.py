@@ -157,6 +157,12 @@ def env_args_from_json(text: Union[str, bytes, Mapping]) -> dict:
     return json.loads(text)
 
 
+def camera_size(env_kwargs: Mapping[str, Any]) -> int:
+    """The (first) camera's height in robosuite env kwargs: camera_heights is an int or one per camera."""
+    h = env_kwargs.get("camera_heights", 84)
+    return int(h[0] if isinstance(h, (list, tuple)) else h)
+
+
 def make_env(task: Union[str, Mapping[str, Any]], image_size: int = 84,
              cameras: Sequence[str] = DEFAULT_CAMERAS, render: bool = True,
              seed: Optional[int] = None, sim_settings: Optional[Mapping[str, Any]] = None) -> "SimEnv":
@@ -218,8 +224,7 @@ class SimEnv:
         self.settings.update(self.env_args.get("dp_fast") or {})
         cams = kw.get("camera_names") or []
         self.camera_names = [cams] if isinstance(cams, str) else list(cams)
-        heights = kw.get("camera_heights", 84)
-        self.image_size = int(heights[0] if isinstance(heights, (list, tuple)) else heights)
+        self.image_size = camera_size(kw)
         if not kw.get("use_camera_obs", False):
             self.camera_names = []
         self._flip = macros.IMAGE_CONVENTION == "opengl"

@@ -250,7 +250,7 @@ def _read_train_states(dataset, n_train: int, start: int):
 def _env_args_for(policy_meta, task, dataset_env_args, cameras, video):
     """env_args with the policy's cameras at the policy's image size, plus the video camera (when it is
     not a policy camera) at max(policy size, VIDEO_MIN_SIZE)."""
-    from .env import make_env_args
+    from .env import camera_size, make_env_args
 
     rgb = {k: m for k, m in policy_meta.items() if m.get("type", "low_dim") == "rgb"}
     sizes = {tuple(m["shape"][1:]) for m in rgb.values()}
@@ -263,8 +263,7 @@ def _env_args_for(policy_meta, task, dataset_env_args, cameras, video):
     else:
         args = dict(dataset_env_args)
         kw = dict(args["env_kwargs"])
-        file_size = kw.get("camera_heights", size)
-        file_size = int(file_size[0] if isinstance(file_size, (list, tuple)) else file_size)
+        file_size = camera_size(kw) if "camera_heights" in kw else size
         if sizes and file_size != size:
             raise ValueError(f"the dataset's cameras are {file_size} px, the policy wants {size} px")
         # only the cameras needed are rendered (an image does not depend on which other cameras exist)

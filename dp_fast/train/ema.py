@@ -37,26 +37,31 @@ class EMAModel:
         return ema_decay(optimization_step, self.update_after_step, self.inv_gamma, self.power,
                          self.min_value, self.max_value)
 
+    def _pairs(self, model: nn.Module):
+        """(averaged, source) tensor lists for `model`, built once per model: the parameters to average
+        and the tensors to copy (parameters without grad, e.g. the normalizer, and buffers)."""
+        if getattr(self, "_pairs_for", None) is not model:
+            avg, new, copy_dst, copy_src = [], [], [], []
+            ema_params = dict(self.averaged_model.named_parameters())
+            for name, p in model.named_parameters():
+                e = ema_params[name]
+                (avg if p.requires_grad else copy_dst).append(e)
+                (new if p.requires_grad else copy_src).append(p)
+            ema_buffers = dict(self.averaged_model.named_buffers())
+            for name, b in model.named_buffers():
+                if name in ema_buffers:
+                    copy_dst.append(ema_buffers[name])
+                    copy_src.append(b)
+            self._pairs_for, self._pair_lists = model, (avg, new, copy_dst, copy_src)
+        return self._pair_lists
+
     @torch.no_grad()
     def step(self, model: nn.Module) -> None:
         self.decay = self.get_decay(self.optimization_step)
-        avg, new, copy_dst, copy_src = [], [], [], []
-        ema_params = dict(self.averaged_model.named_parameters())
-        for name, p in model.named_parameters():
-            e = ema_params[name]
-            if p.requires_grad:
-                avg.append(e)
-                new.append(p.detach().to(e.dtype))
-            else:
-                copy_dst.append(e)
-                copy_src.append(p.detach())
-        ema_buffers = dict(self.averaged_model.named_buffers())
-        for name, b in model.named_buffers():
-            if name in ema_buffers:
-                copy_dst.append(ema_buffers[name])
-                copy_src.append(b)
+        avg, new, copy_dst, copy_src = self._pairs(model)
         if avg:
             # the original's two in-place ops per tensor (mul_, add_ with alpha), fused over the list
+            new = [p if p.dtype == e.dtype else p.to(e.dtype) for p, e in zip(new, avg)]
             torch._foreach_mul_(avg, self.decay)
             torch._foreach_add_(avg, new, alpha=1 - self.decay)
         for d, s in zip(copy_dst, copy_src):

@@ -32,6 +32,10 @@ from .log import JsonLinesLog, plot_curves
 from .lr import LRSchedule
 
 
+# batch losses are read back from the device (one sync) every this many batches, and at every save
+LOSS_READBACK_EVERY = 25
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -138,6 +142,9 @@ class Trainer:
         self.global_step = 0
         self.batch_in_epoch = 0
         self.epoch_losses: List[float] = []
+        # (global_step, epoch, lr, loss tensor) of batches whose loss is not read back yet: reading it
+        # every batch would make the host wait for the device each step (see _flush_losses)
+        self._pending: List[tuple] = []
         self.last_batch_idx: Optional[torch.Tensor] = None
         self.resumed_from: Optional[int] = None
         if t.resume and self.ckpt.has_state():
@@ -199,7 +206,19 @@ class Trainer:
         self.resumed_from = self.global_step
 
     def save(self) -> None:
+        self._flush_losses()
         self.ckpt.save(self._state(), self.eval_policy)
+
+    def _flush_losses(self) -> Optional[float]:
+        """Read the pending losses back in one transfer, log their rows; returns the last loss."""
+        if not self._pending:
+            return None
+        values = torch.stack([p[3] for p in self._pending]).float().cpu().tolist()
+        for (step, epoch, lr, _), loss in zip(self._pending, values):
+            self.epoch_losses.append(loss)
+            self.step_log.write({"global_step": step, "epoch": epoch, "train_loss": loss, "lr": lr})
+        self._pending = []
+        return values[-1]
 
     @property
     def eval_policy(self) -> DiffusionPolicy:
@@ -264,7 +283,8 @@ class Trainer:
             return f"training.max_train_minutes={t.max_train_minutes} reached"
         return None
 
-    def train_batch(self, idx: torch.Tensor) -> float:
+    def train_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """One batch; returns the (undivided) loss as a 0-d tensor on the device, not read back."""
         acc = self.cfg.training.gradient_accumulate_every
         batch = _to(self.dataset.get_batch(idx), self.device)
         with self._autocast():
@@ -276,7 +296,7 @@ class Trainer:
             self.lr_schedule.step()
         if self.ema is not None:
             self.ema.step(self.policy)
-        return float(raw_loss.detach())
+        return raw_loss.detach()
 
     def run(self) -> Dict[str, Any]:
         from tqdm import tqdm
@@ -297,12 +317,11 @@ class Trainer:
                 loss = self.train_batch(idx)
                 self.global_step += 1
                 self.batch_in_epoch += 1
-                self.epoch_losses.append(loss)
+                self._pending.append((self.global_step, self.epoch, lr, loss))
                 self.last_batch_idx = idx
-                self.step_log.write({"global_step": self.global_step, "epoch": self.epoch, "train_loss": loss,
-                                     "lr": lr})
+                if len(self._pending) >= LOSS_READBACK_EVERY:
+                    bar.set_postfix(loss=f"{self._flush_losses():.4f}", refresh=False)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 test_kill("step", self.global_step)
                 stop = self._stop_reason(t0)
                 if stop is not None:
@@ -353,6 +372,7 @@ class Trainer:
 
     def end_epoch(self, steps_per_s: float) -> Dict[str, Any]:
         t = self.cfg.training
+        self._flush_losses()
         row: Dict[str, Any] = {"epoch": self.epoch, "global_step": self.global_step,
                                "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else None,
                                "lr": self.lr_schedule.get_last_lr()[0], "steps_per_s": steps_per_s}
