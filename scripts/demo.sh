@@ -16,6 +16,8 @@
 #   OUT                      output folder (default out/demo)
 #   DP_FAST_DEMO_DEVICE      cpu | cuda (default: cuda when torch sees a GPU, else cpu)
 #   DP_FAST_DEMO_N           demonstrations (default 100)
+#   DP_FAST_DEMO_PERTURB     recovery data: std of the push off the expert's path, action units (default
+#                            0.3; 0 = the expert's plain runs); see `dp-fast demos --help`
 #   DP_FAST_DEMO_STEPS       training steps (default: cpu 4800, cuda 20000)
 #   DP_FAST_DEMO_EPISODES    evaluation episodes (default 50)
 #   DP_FAST_DEMO_FIDELITY=0  skip step 1
@@ -35,6 +37,7 @@ mkdir -p "$OUT"
 DEVICE=${DP_FAST_DEMO_DEVICE:-$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}
 N=${DP_FAST_DEMO_N:-100}
 EPISODES=${DP_FAST_DEMO_EPISODES:-50}
+PERTURB=${DP_FAST_DEMO_PERTURB:-0.3}
 if [ "$DEVICE" = cuda ]; then
   # the seed configuration: both 84x84 cameras, 8 x 256 transformer, DDPM 100 steps
   PRESET=seed; STEPS=${DP_FAST_DEMO_STEPS:-20000}; CAMERAS=(agentview robot0_eye_in_hand); SIZE=84
@@ -57,9 +60,9 @@ if [ "${DP_FAST_DEMO_FIDELITY:-1}" != 0 ]; then
 fi
 
 if [ ! -f "$OUT/lift.hdf5" ]; then
-  stamp "demonstrations: $N scripted Lift episodes, camera(s) ${CAMERAS[*]} at ${SIZE}x${SIZE}"
+  stamp "demonstrations: $N scripted Lift episodes, camera(s) ${CAMERAS[*]} at ${SIZE}x${SIZE}, perturb $PERTURB"
   "$DPF" demos --task lift --n "$N" --out "$OUT/lift.hdf5" --workers 2 --cameras "${CAMERAS[@]}" \
-    --image-size "$SIZE" --seed 0
+    --image-size "$SIZE" --seed 0 --perturb "$PERTURB"
 fi
 
 stamp "training: preset $PRESET, $STEPS steps on $DEVICE (resumes if $OUT/run has a checkpoint)"

@@ -7,6 +7,8 @@ File layout (what robomimic's dataset tools and this package's dataset reader ex
     data                      attrs: env_args (JSON), total (sum of num_samples), and provenance
     data/demo_{i}             attrs: num_samples, model_file (the episode's MJCF xml), seed
         actions   (T, 7)  float64   delta OSC_POSE actions in [-1, 1]
+        executed_actions (T, 7)     only with perturb > 0: the actions stepped (`actions` are then the
+                                    expert's unperturbed labels; replaying these reproduces `states`)
         states    (T, D)  float64   flattened simulator state before each action
         rewards   (T,)    float64   sparse task reward after each action (1 on success)
         dones     (T,)    int64     1 where the task is solved after the action, and at the last step
@@ -59,7 +61,7 @@ class _Recorder:
     """One env (cameras available) and the expert settings; runs attempts."""
 
     def __init__(self, env_args: Mapping[str, Any], max_steps: Optional[int], noise: float,
-                 hold_steps: int, next_obs: bool):
+                 hold_steps: int, next_obs: bool, perturb: float = 0.0):
         from .experts import MAX_STEPS
 
         self.env = make_env(env_args)
@@ -67,6 +69,7 @@ class _Recorder:
         self.noise = float(noise)
         self.hold_steps = int(hold_steps)
         self.next_obs = bool(next_obs)
+        self.perturb = float(perturb)
 
     def attempt(self, k: int, seed: int) -> Dict[str, Any]:
         from .experts import make_expert, run_expert
@@ -79,19 +82,23 @@ class _Recorder:
         state0 = env.get_state()
         env.reset_to(state0)  # the replay starts through reset_to too: identical controller state
         expert = make_expert(env, seed=ep_seed, noise=self.noise)
-        res = run_expert(env, expert, max_steps=self.max_steps, hold_steps=self.hold_steps)
+        res = run_expert(env, expert, max_steps=self.max_steps, hold_steps=self.hold_steps,
+                         perturb=self.perturb)
         t1 = time.perf_counter()
         out: Dict[str, Any] = {"k": k, "seed": ep_seed, "success": res["success"], "steps": res["steps"],
                                "phase": expert.phase, "t_expert": t1 - t0, "t_record": 0.0,
                                "replay_ok": None, "demo": None}
         if res["success"]:
-            demo = self._record(state0, res["actions"])
+            demo = self._record(state0, res["executed"], res["actions"])
             out["replay_ok"] = demo is not None
             out["demo"] = demo
             out["t_record"] = time.perf_counter() - t1
         return out
 
-    def _record(self, state0: Mapping[str, Any], actions: np.ndarray) -> Optional[Dict[str, Any]]:
+    def _record(self, state0: Mapping[str, Any], actions: np.ndarray,
+                labels: np.ndarray) -> Optional[Dict[str, Any]]:
+        """Replay `actions` (what the expert's run executed) from state0 with the cameras on; the demo's
+        "actions" are `labels` (equal to `actions` unless the run was perturbed)."""
         env = self.env
         env.set_cameras(True)
         try:
@@ -114,13 +121,15 @@ class _Recorder:
             if not success:
                 return None
             demo = {
-                "actions": np.asarray(actions, dtype=np.float64),
+                "actions": np.asarray(labels, dtype=np.float64),
                 "states": np.stack(states).astype(np.float64),
                 "rewards": rewards,
                 "dones": dones,
                 "obs": {k: np.stack(v) for k, v in obs_buf.items()},
                 "model_file": state0["model"],
             }
+            if self.perturb > 0:
+                demo["executed_actions"] = np.asarray(actions, dtype=np.float64)
             if self.next_obs:
                 demo["next_obs"] = {k: np.stack(v) for k, v in next_buf.items()}
             return demo
@@ -134,11 +143,11 @@ class _Recorder:
 _WORKER: Optional[_Recorder] = None
 
 
-def _worker_init(env_args, max_steps, noise, hold_steps, next_obs):
+def _worker_init(env_args, max_steps, noise, hold_steps, next_obs, perturb):
     global _WORKER
     # a worker ignores Ctrl-C: the parent handles it and terminates the pool
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER = _Recorder(env_args, max_steps, noise, hold_steps, next_obs)
+    _WORKER = _Recorder(env_args, max_steps, noise, hold_steps, next_obs, perturb)
 
 
 def _worker_attempt(job):
@@ -153,6 +162,8 @@ def _write_demo(grp_data, name: str, demo: Mapping[str, Any], seed: int, compres
     g.attrs["model_file"] = demo["model_file"]
     g.attrs["seed"] = int(seed)
     g.create_dataset("actions", data=demo["actions"])
+    if "executed_actions" in demo:
+        g.create_dataset("executed_actions", data=demo["executed_actions"])
     g.create_dataset("states", data=demo["states"])
     g.create_dataset("rewards", data=demo["rewards"])
     g.create_dataset("dones", data=demo["dones"])
@@ -193,10 +204,10 @@ def _restore_env(saved):
 
 
 def _results(env_args, n_jobs: int, seed: int, workers: int, max_steps, noise, hold_steps,
-             next_obs) -> Iterator[Dict[str, Any]]:
+             next_obs, perturb=0.0) -> Iterator[Dict[str, Any]]:
     """Attempt results in order of k (speculatively computed ahead by the workers)."""
     if workers <= 1:
-        rec = _Recorder(env_args, max_steps, noise, hold_steps, next_obs)
+        rec = _Recorder(env_args, max_steps, noise, hold_steps, next_obs, perturb)
         try:
             for k in range(n_jobs):
                 yield rec.attempt(k, seed)
@@ -209,7 +220,7 @@ def _results(env_args, n_jobs: int, seed: int, workers: int, max_steps, noise, h
     saved = _thread_env()
     try:
         pool = ctx.Pool(workers, initializer=_worker_init,
-                        initargs=(env_args, max_steps, noise, hold_steps, next_obs))
+                        initargs=(env_args, max_steps, noise, hold_steps, next_obs, perturb))
     finally:
         _restore_env(saved)
     try:
@@ -224,13 +235,15 @@ def generate_demos(task: str, n: int, out_path, workers: int = 1, seed: int = 0,
                    image_size: int = 84, cameras: Sequence[str] = DEFAULT_CAMERAS,
                    max_steps: Optional[int] = None, noise: float = 0.0, hold_steps: int = 5,
                    next_obs: bool = False, valid_ratio: float = 0.1, compression: Optional[str] = "gzip",
-                   sim_settings: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                   sim_settings: Optional[Mapping[str, Any]] = None, perturb: float = 0.0) -> Dict[str, Any]:
     """Write `n` successful scripted-expert episodes of `task` ('lift', 'can', 'square') to out_path.
 
     Attempt k uses episode seed `episode_seed(seed, k)` for both the initial state and the expert's
     style; the first n successful attempts (in order of k) are written as demo_0 .. demo_{n-1}.
     max_attempts (default 2 n + 20) bounds the attempts; if fewer than n succeed, RuntimeError and no
-    file. Returns stats: attempts, successes, success_rate (expert successes / attempts), replay
+    file. perturb > 0 writes recovery data (see experts.run_expert): the expert's runs are pushed off
+    their path while reaching the object, `actions` are the expert's own actions in the states it
+    visited and `executed_actions` what was stepped (replaying those reproduces `states`). Returns stats: attempts, successes, success_rate (expert successes / attempts), replay
     failures, total samples, mean episode length, seconds, demos_per_min, bytes.
     """
     import h5py
@@ -259,7 +272,10 @@ def generate_demos(task: str, n: int, out_path, workers: int = 1, seed: int = 0,
     failures: List[Dict[str, Any]] = []
     t_expert = t_record = 0.0
     names: List[str] = []
-    results = _results(env_args, max_attempts, seed, workers, max_steps, noise, hold_steps, next_obs)
+    if perturb < 0:
+        raise ValueError(f"perturb must be >= 0, got {perturb}")
+    results = _results(env_args, max_attempts, seed, workers, max_steps, noise, hold_steps, next_obs,
+                       perturb)
     try:
         with h5py.File(tmp_path, "w") as f:
             data = f.create_group("data")
@@ -302,6 +318,7 @@ def generate_demos(task: str, n: int, out_path, workers: int = 1, seed: int = 0,
             data.attrs["seed"] = int(seed)
             data.attrs["attempts"] = int(attempts)
             data.attrs["expert_successes"] = int(successes)
+            data.attrs["perturb"] = float(perturb)
         os.replace(tmp_path, out_path)
     except BaseException:
         try:
@@ -349,6 +366,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--cameras", nargs="+", default=list(DEFAULT_CAMERAS))
     parser.add_argument("--noise", type=float, default=0.0,
                         help="smooth perturbation of the expert's translation actions (action units)")
+    parser.add_argument("--perturb", type=float, default=0.0,
+                        help="recovery data: push the expert off its path by a smooth perturbation of this "
+                             "std (action units) while it reaches the object, and label each visited state "
+                             "with the expert's own action (executed ones in executed_actions)")
     parser.add_argument("--next-obs", action="store_true", help="also store next_obs (doubles the size)")
     parser.add_argument("--valid-ratio", type=float, default=0.1)
     parser.add_argument("--no-compress", action="store_true", help="store images uncompressed")
@@ -371,6 +392,7 @@ def run(args: argparse.Namespace) -> int:
             args.task, args.n, args.out, workers=args.workers, seed=args.seed,
             max_attempts=args.max_attempts, progress=not args.no_progress, image_size=args.image_size,
             cameras=args.cameras, max_steps=args.max_steps, noise=args.noise, next_obs=args.next_obs,
+            perturb=args.perturb,
             valid_ratio=args.valid_ratio, compression=None if args.no_compress else "gzip")
     except KeyboardInterrupt as e:
         print(f"interrupted ({e or 'Ctrl-C'}): nothing written to {args.out}", file=sys.stderr)

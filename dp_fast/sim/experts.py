@@ -104,6 +104,7 @@ class ScriptedExpert:
         self._pause = 0
         self._noise_state = np.zeros(6)
         self._prev_eef = self.env.eef_pos()
+        self.target = self._prev_eef.copy()
         self.vel = np.zeros(3)
         self.kp = float(self.rng.uniform(0.9, 1.6))       # proportional gain (x 0.05 m per unit)
         self.vmax = float(self.rng.uniform(0.7, 1.0))     # translation speed cap (action units)
@@ -127,6 +128,7 @@ class ScriptedExpert:
         kp = self.kp if kp is None else kp
         vmax = self.vmax if vmax is None else vmax
         a = np.zeros(7)
+        self.target = np.asarray(p_target, dtype=np.float64)
         dp = (kp * (np.asarray(p_target) - eef) - self.kd * self.vel) / POS_UNIT
         m = np.max(np.abs(dp))
         if m > vmax:
@@ -445,25 +447,67 @@ def make_expert(env: SimEnv, seed: Optional[int] = None, noise: float = 0.0) -> 
     return cls(env, seed=seed, noise=noise)
 
 
+# Phases in which `run_expert(..., perturb=...)` perturbs the executed action: reaching the object, where a
+# learnt policy's errors start (every expert begins with _pick's approach / descend).
+PERTURB_PHASES = ("approach", "descend")
+PERTURB_RHO = 0.9  # AR(1) correlation per control step (~10 steps = 0.5 s)
+
+
+class Perturbation:
+    """Smooth zero-mean disturbance of the translation part of an action (DART-style recovery data).
+
+    An AR(1) process per axis with stationary standard deviation `sigma` action units, active only while
+    the expert is in PERTURB_PHASES and scaled by min(1, max(0.25, distance to the expert's current
+    way-point / 4 cm)), so that the expert keeps its precision at the object. Deterministic given `seed`.
+    """
+
+    def __init__(self, sigma: float, seed: Optional[int]):
+        if sigma < 0:
+            raise ValueError(f"perturb sigma must be >= 0, got {sigma}")
+        self.sigma = float(sigma)
+        self.rng = np.random.default_rng(None if seed is None else [int(seed), 0xDA27])
+        self.state = np.zeros(3)
+
+    def __call__(self, expert: ScriptedExpert, a: np.ndarray) -> np.ndarray:
+        innov = self.sigma * math.sqrt(1.0 - PERTURB_RHO ** 2) * self.rng.standard_normal(3)
+        self.state = PERTURB_RHO * self.state + innov
+        if self.sigma == 0.0 or expert.phase not in PERTURB_PHASES:
+            return a
+        dist = float(np.linalg.norm(expert.target - expert.env.eef_pos()))
+        out = np.array(a, dtype=np.float64)
+        out[:3] += self.state * min(1.0, max(0.25, dist / 0.04))
+        return np.clip(out, -1.0, 1.0)
+
+
 def run_expert(env: SimEnv, expert: ScriptedExpert, max_steps: Optional[int] = None,
-               hold_steps: int = 5, record_obs: bool = False) -> Dict[str, object]:
+               hold_steps: int = 5, record_obs: bool = False, perturb: float = 0.0) -> Dict[str, object]:
     """Roll `expert` out from env's current state (call env.reset/reset_to first).
 
     Stops `hold_steps` steps after the first success (the episode must still be a success then) or at
-    max_steps (default: MAX_STEPS[task]). Returns {"actions": (T, 7), "success": bool, "steps": T,
-    "first_success": step index or -1, "rewards": (T,), "obs": list of obs dicts (if record_obs)}.
+    max_steps (default: MAX_STEPS[task]). Returns {"actions": (T, 7), "executed": (T, 7), "success": bool,
+    "steps": T, "first_success": step index or -1, "rewards": (T,), "obs": list of obs dicts (if
+    record_obs)}.
+
+    With perturb > 0 the env executes the expert's action plus a `Perturbation(perturb, expert.seed)`
+    while reaching the object, and "actions" holds the expert's own (unperturbed) action in each visited
+    state, the label a policy should learn; "executed" is what was stepped (replaying it reproduces the
+    episode). Without, the two are equal.
     """
     max_steps = MAX_STEPS.get(env.task, 500) if max_steps is None else int(max_steps)
     expert.reset()
+    disturb = Perturbation(perturb, expert.seed) if perturb > 0 else None
     actions: List[np.ndarray] = []
+    executed: List[np.ndarray] = []
     rewards: List[float] = []
     obs_list = []
     first = -1
     success = False
     for t in range(max_steps):
         a = expert.act()
-        obs, r, _, info = env.step(a)
+        a_exec = a if disturb is None else disturb(expert, a)
+        obs, r, _, info = env.step(a_exec)
         actions.append(a)
+        executed.append(a_exec)
         rewards.append(r)
         if record_obs:
             obs_list.append(obs)
@@ -474,6 +518,7 @@ def run_expert(env: SimEnv, expert: ScriptedExpert, max_steps: Optional[int] = N
             break
     out = {
         "actions": np.asarray(actions, dtype=np.float64).reshape(-1, 7),
+        "executed": np.asarray(executed, dtype=np.float64).reshape(-1, 7),
         "rewards": np.asarray(rewards, dtype=np.float64),
         "success": bool(success and first >= 0),
         "steps": len(actions),

@@ -104,3 +104,34 @@ def test_workers_give_same_file(tmp_path):
         for name in ("demo_0", "demo_2"):
             for k in ("actions", "states", "obs/agentview_image"):
                 np.testing.assert_array_equal(fa["data"][name][k][()], fb["data"][name][k][()])
+
+
+def test_perturbed_demos_label_with_expert_actions(tmp_path):
+    """perturb > 0: `executed_actions` replay the stored states; `actions` are the expert's own actions,
+    which differ from the executed ones only in translation while reaching the cube."""
+    out = tmp_path / "p.hdf5"
+    demos.generate_demos("lift", 1, out, workers=1, seed=2, progress=False, perturb=0.5,
+                         cameras=("robot0_eye_in_hand",), image_size=32)
+    with h5py.File(out, "r") as f:
+        assert float(f["data"].attrs["perturb"]) == 0.5
+        g = f["data/demo_0"]
+        labels, executed = g["actions"][()], g["executed_actions"][()]
+        assert labels.shape == executed.shape == (int(g.attrs["num_samples"]), 7)
+        assert np.all(np.abs(executed) <= 1) and np.all(np.abs(labels) <= 1)
+        diff = np.abs(labels - executed)
+        np.testing.assert_array_equal(diff[:, 3:], 0)  # rotation and gripper untouched
+        assert diff[:, :3].max() > 0.05                 # translation perturbed (sigma 0.5)
+        # not once the gripper closes (the perturbation stops after the descend phase)
+        closing = int(np.argmax(labels[:, 6] > 0))
+        np.testing.assert_array_equal(diff[closing:], 0)
+        env = make_env(f["data"].attrs["env_args"])
+        try:
+            env.reset_to({"states": g["states"][0], "model": g.attrs["model_file"]})
+            env.set_cameras(False)
+            for t, a in enumerate(executed):
+                if t in (10, len(executed) // 2):
+                    np.testing.assert_array_equal(env.get_state(with_model=False)["states"], g["states"][t])
+                env.step(a)
+            assert env.is_success()
+        finally:
+            env.close()

@@ -19,11 +19,11 @@ def env(request):
     e.close()
 
 
-def _episode(env, seed):
+def _episode(env, seed, perturb=0.0):
     env.reset(seed=seed)
     env.reset_to(env.get_state())  # the path generate_demos takes
     expert = make_expert(env, seed=seed)
-    return run_expert(env, expert)
+    return run_expert(env, expert, perturb=perturb)
 
 
 def test_expert_solves_task(env):
@@ -42,3 +42,17 @@ def test_expert_deterministic_and_varied(env):
     np.testing.assert_array_equal(a, b)
     c = _episode(env, 6)["actions"]
     assert a.shape != c.shape or not np.allclose(a, c)
+
+
+def test_expert_recovers_from_perturbation(env):
+    """Recovery data (perturb > 0): the expert still solves the task while pushed off its path, and
+    its labels differ from what was executed only in translation."""
+    solved = 0
+    for seed in SEEDS:
+        res = _episode(env, seed, perturb=0.3)
+        solved += res["success"]
+        diff = np.abs(res["actions"] - res["executed"])
+        assert diff[:, :3].max() > 0.02 and diff[:, 3:].max() == 0.0
+        assert np.all(np.abs(res["executed"]) <= 1.0)
+    assert solved >= len(SEEDS) - 1, (env.task, solved)
+    np.testing.assert_array_equal(_episode(env, 1)["actions"], _episode(env, 1)["executed"])
