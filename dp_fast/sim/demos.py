@@ -243,8 +243,9 @@ def generate_demos(task: str, n: int, out_path, workers: int = 1, seed: int = 0,
     max_attempts (default 2 n + 20) bounds the attempts; if fewer than n succeed, RuntimeError and no
     file. perturb > 0 writes recovery data (see experts.run_expert): the expert's runs are pushed off
     their path while reaching the object, `actions` are the expert's own actions in the states it
-    visited and `executed_actions` what was stepped (replaying those reproduces `states`). Returns stats: attempts, successes, success_rate (expert successes / attempts), replay
-    failures, total samples, mean episode length, seconds, demos_per_min, bytes.
+    visited and `executed_actions` what was stepped (replaying those reproduces `states`).
+    Returns stats: attempts, successes, success_rate (expert successes / attempts), replay failures,
+    total samples, mean episode length, seconds, demos_per_min, bytes.
     """
     import h5py
 
