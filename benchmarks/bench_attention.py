@@ -4,7 +4,7 @@ Rule (issue 4, item 2): keep the Triton attention kernel -- and wire it into the
 benchmark shows it beating torch's own SDPA at these shapes. It has not been measured yet: run it on the next
 GPU session (`pytest benchmarks/bench_attention.py --benchmark-only` on a CUDA machine) and record the
 numbers in benchmarks/RESULTS.md with the decision. The number to compare is extra_info["graph_us"]: device
-time per call inside a CUDA graph, which is how the sampler runs (dp_fast/sampling_cuda.py); the
+time per call inside a CUDA graph, which is how the sampler runs (dp_fast/sampling/graph.py); the
 pytest-benchmark wall times and extra_info["do_bench_us"] (triton.testing.do_bench, eager launches)
 include Python and launch overhead, which at these sizes is most of it.
 
@@ -15,7 +15,8 @@ T = 10 and S = 1 + n_obs_steps = 3 memory tokens:
 Rows: reference (attention_ref), sdpa (torch.nn.functional.scaled_dot_product_attention, as the decoder
 calls it: additive mask in q's dtype), triton (dp_fast.ops.attention(backend="triton"); CUDA only -- on a CPU
 Triton is the interpreter, a correctness tool, so the row is skipped there). Every row is checked against
-the reference once before it is timed.
+the reference once before it is timed. DP_FAST_BENCH_GPU_ONLY=1 leaves out the CPU groups; on CUDA the
+rounds are capped by --benchmark-max-time (benchmarks/_common.py).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 from dp_fast.models.transformer import additive_memory_mask
 from dp_fast.ops.attention import attention, attention_ref
 
+from benchmarks._common import devices, pedantic
+
 # name: (kind, B, H, T, S, d)
 SHAPES = {
     "self_B1_H4_T10_d64_causal": ("self", 1, 4, 10, 10, 64),
@@ -36,7 +39,7 @@ SHAPES = {
     "cross_B8_H4_T10_S3_d64_mem": ("cross", 8, 4, 10, 3, 64),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = devices()
 # fp32 rows must match the reference; 16-bit rows only within a bound that catches a broken kernel
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
 GRAPH_CALLS = 20
@@ -116,4 +119,4 @@ def test_attention(benchmark, device, shape, dtype, row):
             torch.cuda.synchronize()
         return r
 
-    benchmark.pedantic(call, rounds=200 if cuda else 50, iterations=10, warmup_rounds=2)
+    pedantic(benchmark, call, rounds=200 if cuda else 50, iterations=10, warmup_rounds=2, cuda=cuda)

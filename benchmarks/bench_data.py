@@ -8,6 +8,7 @@ Rows of the group (samples/s in extra_info):
   get_batch_uint8       ours, as the trainer uses it (uint8 images; the policy divides by 255)
   get_batch_float       ours + the uint8 -> float32 / 255 conversion, the original's output format
   get_batch_cuda        ours with the buffer resident on the GPU (only with CUDA)
+DP_FAST_BENCH_GPU_ONLY=1 leaves out the three CPU rows (the group then has no reference row).
 Run: pytest benchmarks/bench_data.py --benchmark-only
 """
 import itertools
@@ -20,6 +21,8 @@ from dp_fast.config import SEED_SHAPE_META
 from dp_fast.data import RobomimicImageDataset
 from tests.data.make_hdf5 import write_small
 from tests.data.original_ref import OriginalStyleDataset
+
+from benchmarks._common import cpu_row
 
 BATCH, HORIZON, TO, TA = 64, 10, 2, 8
 N_EPISODES, EP_LEN = 50, 150
@@ -61,6 +64,7 @@ def _report(benchmark):
     benchmark.extra_info["samples_per_s"] = round(BATCH / benchmark.stats.stats.mean, 1)
 
 
+@cpu_row
 def test_original_dataloader(benchmark, datasets):
     ours, orig = datasets
     batches = index_batches(len(ours))
@@ -75,6 +79,7 @@ def test_original_dataloader(benchmark, datasets):
     _report(benchmark)
 
 
+@cpu_row
 def test_get_batch_uint8(benchmark, datasets):
     ours, orig = datasets
     batches = index_batches(len(ours))
@@ -86,6 +91,7 @@ def test_get_batch_uint8(benchmark, datasets):
     _report(benchmark)
 
 
+@cpu_row
 def test_get_batch_float(benchmark, datasets):
     ours, _ = datasets
     batches = index_batches(len(ours))

@@ -13,11 +13,12 @@ Rows:
                       `.../positional_embedding.py` and `diffusion_policy/model/common/module_attr_mixin.py`
                       (e.g. extracted with `git show HEAD:<path>` from a clone of real-stanford/diffusion_policy).
                       It shows that the reference is no slower than the original on the machine at hand.
-  cpu_fp32 / cpu_bf16 / cpu_fp16   backend "cpu": the whole loop in one C++ op (dp_fast/sampling_cpu.py),
+  cpu_fp32 / cpu_bf16 / cpu_fp16   backend "cpu": the whole loop in one C++ op (dp_fast/sampling/cpu.py),
                       weights in 32 / 16 bits (activations fp32)
   cuda_graph_fp32 / _bf16 / triton_fp32   CUDA rows (captured K-step loop); capture time in extra_info
-Groups are per (batch, scheduler, device): CUDA groups only where a GPU is present. The 16-bit rows
-record their action error against the fp32 reference in extra_info (max_abs_err_vs_reference).
+Groups are per (batch, scheduler, device): CUDA groups only where a GPU is present, CPU groups unless
+DP_FAST_BENCH_GPU_ONLY=1. The 16-bit rows record their action error against the fp32 reference in extra_info
+(max_abs_err_vs_reference). On CUDA the rounds are capped by --benchmark-max-time (benchmarks/_common.py).
 
 Run: pytest benchmarks/bench_predict.py --benchmark-only
 """
@@ -32,7 +33,9 @@ from typing import Callable, Dict, Optional
 import pytest
 import torch
 
-from dp_fast import DiffusionPolicy, PolicyConfig, SchedulerConfig, backends
+from dp_fast import DiffusionPolicy, PolicyConfig, SchedulerConfig, available_backends
+
+from benchmarks._common import devices, pedantic
 
 _DDIM10 = {"num_inference_steps": 10, "scheduler": SchedulerConfig(kind="ddim")}
 GROUPS = {
@@ -43,7 +46,7 @@ GROUPS = {
     "predict_seed_B8_ddim10": (8, _DDIM10),
 }
 ROUNDS = {1: 5, 8: 3}
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = devices()
 # fp32 fast paths must give the reference's actions; 16-bit ones are reported with their error and only
 # checked against a loose bound that catches a broken kernel, not rounding.
 TOL = {"fp32": 1e-4, "bf16": 0.1, "fp16": 0.05}
@@ -110,7 +113,7 @@ def _fast_row(backend: str, precision: str, devices=("cpu", "cuda")):
     def make(policy):
         if policy.device.type not in devices:
             pytest.skip(f"backend {backend!r} is not a {policy.device.type} row")
-        info = backends().get(backend, {"available": False, "reason": "unknown backend"})
+        info = available_backends().get(backend, {"available": False, "reason": "unknown backend"})
         if not info["available"]:
             pytest.skip(f"backend {backend!r} unavailable: {info['reason']}")
         if backend == "triton" and policy.device.type == "cpu":
@@ -176,8 +179,7 @@ def test_predict_action(benchmark, device, group, row):
     benchmark.group = f"{group}_{device}"
     benchmark.extra_info.update(batch=batch, k=policy.num_inference_steps, device=device, precision=precision,
                                 threads=torch.get_num_threads(), max_abs_err_vs_reference=err)
-    fast = getattr(runner, "_fast", {})
-    capture = {k: v for _, r in fast.values() for k, v in getattr(r, "capture_seconds", {}).items()}
+    capture = getattr(runner.sampler, "capture_seconds", {})
     if capture:  # once per (batch, K) key, outside the steady state timed below
         benchmark.extra_info["capture_s"] = round(sum(capture.values()), 4)
-    benchmark.pedantic(call, rounds=ROUNDS[batch] * (20 if cuda else 1), iterations=1, warmup_rounds=1)
+    pedantic(benchmark, call, rounds=ROUNDS[batch] * (20 if cuda else 1), iterations=1, warmup_rounds=1, cuda=cuda)

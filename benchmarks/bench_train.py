@@ -5,14 +5,16 @@ Rows (group train_step_seed_B64_<device>):
   plain            compute_loss (fp32), torch.optim.AdamW defaults, EMA    -- the reference row
   fused_adamw      AdamW(fused=True)
   channels_last    the obs encoder in channels_last memory format
-  fast_ops         the loss through dp_fast.ops (crop from uint8 fused with scaling, add_noise kernel)
+  fast_ops         compute_loss with the crop and add_noise on the device's fast ops (dp_fast.ops)
   bf16_autocast    forward under torch.autocast(bfloat16)
-  compile          torch.compile of the denoiser and the camera ResNets (CUDA only, or DP_FAST_BENCH_COMPILE=1)
-  all              every option above that is available together
+  compile          torch.compile of the denoiser and the camera ResNets: only with DP_FAST_BENCH_COMPILE=1
+                   (it compiles two ResNets and the transformer, minutes of a short GPU slot)
+  all              every option above that is available together (compile only with DP_FAST_BENCH_COMPILE=1)
 Before timing, each row's first loss (same initial weights, same RNG state, same batch) is checked
 against the plain row's: 1e-4 relative in fp32 (convolution order may differ), 5e-2 with bf16.
 The model, batch and RNG are reset per row. Batch: DP_FAST_BENCH_TRAIN_BATCH (default 64).
-Run: pytest benchmarks/bench_train.py --benchmark-only   (CPU: 2 rounds a row; CUDA: 20 after 5 warm-ups)
+Run: pytest benchmarks/bench_train.py --benchmark-only   (CPU: 2 rounds a row; CUDA: 20 after 5 warm-ups,
+fewer where 20 would exceed --benchmark-max-time, see benchmarks/_common.py)
 On a CPU shared with other jobs run it with OMP_NUM_THREADS=1: two OpenMP threads on two busy cores
 were up to ~20x slower here (and made bf16 look 8x slower than fp32 instead of 1.8x faster).
 
@@ -28,16 +30,15 @@ import torch
 from dp_fast import DiffusionPolicy, PolicyConfig
 from dp_fast.train.ema import EMAModel
 
+from benchmarks._common import gpu_only, pedantic
+
 BATCH = int(os.environ.get("DP_FAST_BENCH_TRAIN_BATCH", "64"))
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 GROUP = f"train_step_seed_B{BATCH}_{DEVICE.type}"
 ROUNDS, WARMUP = (20, 5) if DEVICE.type == "cuda" else (2, 1)
-COMPILE_OK = DEVICE.type == "cuda" or os.environ.get("DP_FAST_BENCH_COMPILE") == "1"
-
-
-def _fast_ops_reason():
-    from dp_fast.train.fast_loss import ops_available
-    return ops_available()
+COMPILE_OK = os.environ.get("DP_FAST_BENCH_COMPILE") == "1"
+pytestmark = pytest.mark.skipif(gpu_only() and DEVICE.type != "cuda",
+                                reason="CPU rows, and DP_FAST_BENCH_GPU_ONLY=1")
 
 
 VARIANTS = {
@@ -77,13 +78,10 @@ def make_step(opts):
     if opts.get("compile"):
         from dp_fast.train.trainer import compile_for_training
         compile_for_training(policy)
-    if opts.get("fast_ops"):
-        from dp_fast.train.fast_loss import fast_compute_loss
+    loss_backend = None if opts.get("fast_ops") else "reference"  # None: the policy's resolved ops
 
-        def loss_fn(b):
-            return fast_compute_loss(policy, b)
-    else:
-        loss_fn = policy.compute_loss
+    def loss_fn(b):
+        return policy.compute_loss(b, backend=loss_backend)
     use_bf16 = bool(opts.get("bf16"))
 
     def step(batch):
@@ -118,10 +116,8 @@ def plain_loss(batch):
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_train_step(benchmark, name, batch, plain_loss):
     opts = VARIANTS[name]
-    if opts.get("fast_ops") and _fast_ops_reason() is not None:
-        pytest.skip(f"dp_fast.ops unavailable: {_fast_ops_reason()}")
     if opts.get("compile") and not COMPILE_OK:
-        pytest.skip("torch.compile row runs on CUDA (or with DP_FAST_BENCH_COMPILE=1)")
+        pytest.skip("torch.compile row: set DP_FAST_BENCH_COMPILE=1")
     step = make_step(opts)
     torch.manual_seed(1)
     first = float(step(batch))  # same weights, RNG and batch as the plain row's first step
@@ -136,7 +132,7 @@ def test_train_step(benchmark, name, batch, plain_loss):
         _sync()
 
     benchmark.group = GROUP
-    benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
+    pedantic(benchmark, run, rounds=ROUNDS, iterations=1, cuda=DEVICE.type == "cuda")
     benchmark.extra_info["row"] = "reference" if name == "plain" else name  # plain PyTorch = the baseline row
     benchmark.extra_info["batch"] = BATCH
     benchmark.extra_info["samples_per_s"] = round(BATCH / benchmark.stats.stats.mean, 2)

@@ -27,6 +27,7 @@ EXTRA_COLUMNS = [
     ("device_ms", "device time (ms)", "{:.4f}"),
     ("gbps", "GB/s", "{:.1f}"),
     ("bandwidth_frac", "of peak BW", "{:.0%}"),
+    ("peak_gbps", "peak BW: d2d copy (GB/s)", "{:.0f}"),
     ("capture_s", "capture (s)", "{:.3f}"),
     ("samples_per_s", "samples/s", "{:.1f}"),
     ("max_abs_err_vs_reference", "max abs err vs reference", "{:.1e}"),

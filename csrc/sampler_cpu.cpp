@@ -84,7 +84,7 @@ at::Tensor sampler_loop_cpu(const at::Tensor& sample, const at::Tensor& noise, c
                             at::IntArrayRef layout, at::TensorList terms, const std::optional<at::Tensor>& inpaint_data,
                             const std::optional<at::Tensor>& inpaint_mask, double ln_eps) {
   TORCH_CHECK(layout.size() >= size_t(kLayoutFields) && layout[f_version] == kLayoutVersion, kOp,
-              "`layout` must start with version ", kLayoutVersion, " (rebuild it with dp_fast.sampling_cpu), got ",
+              "`layout` must start with version ", kLayoutVersion, " (rebuild it with dp_fast.sampling.cpu), got ",
               layout.size() ? layout[0] : -1);
   auto g = [&](int f) { return layout[f]; };
   LoopArgs a{};

@@ -14,7 +14,7 @@
 //   weights      1-d, fp32 / bf16 / fp16: every matmul weight, packed as panels (see below)
 //   params       1-d fp32: biases, LayerNorm weights, position embeddings
 //   layout       int[]: the fields of kLayoutFields then kLayerFields per layer (offsets into the
-//                two blobs); dp_fast/sampling_cpu.py builds it from sampler_layout()
+//                two blobs); dp_fast/sampling/cpu.py builds it from sampler_layout()
 //   terms        Tensor[]: decoder mode: [step_a, step_c, step_u, static_a, static_c, static_u]
 //                  step_a/u (L, K, Bs, H, Ss, E), step_c (L, K, Bs, H, Ss), Bs in {1, B}
 //                  static_a/u (L, B, H, So, E), static_c (L, B, H, So)       (So may be 0)

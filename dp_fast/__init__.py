@@ -1,8 +1,9 @@
 """dp_fast: fast Diffusion Policy (transformer hybrid-image variant)."""
-from .backends import backends
-from .checkpoint import load_policy
+from .backends import BackendUnavailable, available_backends
 from .config import PolicyConfig, SchedulerConfig
+from .load import load_policy
 from .policy import DiffusionPolicy
 
 __version__ = "0.1.0"
-__all__ = ["DiffusionPolicy", "PolicyConfig", "SchedulerConfig", "load_policy", "backends", "__version__"]
+__all__ = ["DiffusionPolicy", "PolicyConfig", "SchedulerConfig", "load_policy", "available_backends",
+           "BackendUnavailable", "__version__"]

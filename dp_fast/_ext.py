@@ -148,3 +148,11 @@ def _register_fakes() -> None:
                      lambda: f"dp_fast::random_crop: crop size ({crop_h}, {crop_w}) must be at least 1 and at most "
                              f"the image size ({images.shape[2]}, {images.shape[3]})")
         return images.new_empty((images.shape[0], images.shape[1], crop_h, crop_w), dtype=torch.float32)
+
+    @torch.library.register_fake("dp_fast::sampler_loop")
+    def _sampler_loop_fake(sample, noise, noise_index, table, weights, params, layout, terms, inpaint_data,
+                           inpaint_mask, ln_eps):
+        torch._check(sample.dtype == torch.float32 and sample.dim() == 3,
+                     lambda: f"dp_fast::sampler_loop: `sample` must be float32 (B, T, D), got {sample.dtype} "
+                             f"{list(sample.shape)}")
+        return torch.empty_like(sample, memory_format=torch.contiguous_format)

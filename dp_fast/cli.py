@@ -1,20 +1,26 @@
-"""`dp-fast` command line: demo, demos, train, eval (each listed only once its module exists)."""
+"""`dp-fast` command line: demo (here), demos and eval (dp_fast.sim), train (dp_fast.train.cli)."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
+import torch
+
+from .atomic_file import atomic_write
+from .backends import available_backends
+from .config import PolicyConfig
+from .load import load_policy
+from .policy import DiffusionPolicy
+from .sim import demos as demos_cli
+from .sim import eval as eval_cli
+from .train import cli as train_cli
+
 
 def _demo(args) -> int:
-    import torch
-
-    from . import DiffusionPolicy, PolicyConfig, backends, load_policy
-
     torch.manual_seed(args.seed)
     if args.checkpoint:
         path = Path(args.checkpoint)
@@ -38,7 +44,7 @@ def _demo(args) -> int:
     print(f"policy: {len(c.rgb_keys)} camera(s) {list(c.rgb_keys)}, low-dim {list(c.low_dim_keys)}, "
           f"horizon {c.horizon}, n_obs_steps {c.n_obs_steps}, n_action_steps {c.n_action_steps}, "
           f"{c.n_layer} layers x {c.n_emb}, K = {policy.num_inference_steps} {c.scheduler.kind} steps")
-    print("backends:", ", ".join(f"{k}: {'yes' if v['available'] else 'no'}" for k, v in backends().items()))
+    print("backends:", ", ".join(f"{k}: {'yes' if v['available'] else 'no'}" for k, v in available_backends().items()))
     torch.set_printoptions(precision=4, sci_mode=False)
 
     noise = None
@@ -71,8 +77,6 @@ def _demo(args) -> int:
 
 
 def _time_predict(policy, obs, noise, repeats: int) -> List[float]:
-    import torch
-
     times = []
     with torch.no_grad():
         for _ in range(repeats + 1):
@@ -85,8 +89,6 @@ def _time_predict(policy, obs, noise, repeats: int) -> List[float]:
 
 
 def _random_obs(policy, batch: int):
-    import torch
-
     obs = {}
     for key, meta in policy.config.shape_meta["obs"].items():
         shape = (batch, policy.n_obs_steps, *meta["shape"])
@@ -98,15 +100,12 @@ def _random_obs(policy, batch: int):
 
 
 def _decompress_zst(path: Path, workdir: Path) -> Path:
-    import zstandard
+    import zstandard  # optional: the dev extra, for the recorded fixtures
 
-    workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / path.name[:-4]
     if not out.exists():
-        tmp = out.with_suffix(".part")
-        with open(path, "rb") as f, open(tmp, "wb") as o:
+        with atomic_write(out, suffix=".part") as tmp, open(path, "rb") as f, open(tmp, "wb") as o:
             zstandard.ZstdDecompressor(max_window_size=2 ** 28).copy_stream(f, o)
-        tmp.rename(out)
     return out
 
 
@@ -124,27 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--workdir", default="out/demo")
     d.set_defaults(func=_demo)
-    # Subcommands that live in their own modules: each module defines add_arguments(parser) and
-    # run(args) -> int. A module that is not there yet (or whose optional extra is missing at import)
-    # is simply not offered; modules import their heavy dependencies inside run().
-    for name, module, help_text in _PLUGINS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name is not None and module.startswith(e.name):
-                continue  # the module (or its package) has not landed yet
-            raise
+    # the other subcommands live in their own modules, each with add_arguments(parser) and run(args) -> int;
+    # the simulator (the optional `sim` extra) is imported only when demos / eval run
+    for name, mod, help_text in (
+            ("demos", demos_cli, "generate scripted-expert demonstrations in robomimic's hdf5 layout"),
+            ("train", train_cli, "train a policy from a robomimic-format hdf5 file (resumes in the same --out)"),
+            ("eval", eval_cli, "evaluate a policy by rollouts in robosuite")):
         sp = sub.add_parser(name, help=help_text)
         mod.add_arguments(sp)
         sp.set_defaults(func=mod.run)
     return p
-
-
-_PLUGINS = (
-    ("demos", "dp_fast.sim.demos", "generate scripted-expert demonstrations in robomimic's hdf5 layout"),
-    ("train", "dp_fast.train.cli", "train a policy from a robomimic-format hdf5 file (resumes in the same --out)"),
-    ("eval", "dp_fast.sim.eval", "evaluate a policy by rollouts in robosuite"),
-)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

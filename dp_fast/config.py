@@ -1,7 +1,7 @@
 """Configuration dataclasses with the seed configuration's defaults, and named presets.
 
 The seed configuration is the original Diffusion Policy transformer hybrid-image workspace
-(`train_diffusion_transformer_hybrid_workspace.yaml` with `task=square_image`); see REFERENCE.md.
+(`train_diffusion_transformer_hybrid_workspace.yaml` with `task=square_image`); see docs/numerics.md.
 Configs are frozen; derive variants with `dataclasses.replace` or `PolicyConfig.from_dict`.
 """
 from __future__ import annotations
@@ -32,7 +32,8 @@ CROP_MODES = ("uniform", "original")
 class SchedulerConfig:
     """Noise scheduler settings; names follow diffusers' DDPMScheduler / DDIMScheduler configs.
 
-    kind: "ddpm" or "ddim". `eta`, `set_alpha_to_one` and `steps_offset` only matter for DDIM.
+    kind: "ddpm" or "ddim". `eta` and `set_alpha_to_one` only matter for DDIM; `steps_offset` shifts the
+    inference timesteps of both (as current diffusers does).
     """
 
     kind: str = "ddpm"
@@ -61,9 +62,12 @@ class SchedulerConfig:
 class PolicyConfig:
     """DiffusionTransformerHybridImagePolicy settings (defaults = the seed configuration).
 
-    crop_mode: how training crops pick their offsets. "uniform" draws every valid offset
+    crop_mode: how random crops pick their offsets. "uniform" draws every valid offset
     (0..H-h) with equal probability; "original" reproduces the original code, which draws
-    `floor((H-h) * U[0,1))` and so never picks the last offset (H-h). Eval always centre-crops.
+    `floor((H-h) * U[0,1))` and so never picks the last offset (H-h).
+    eval_fixed_crop: eval mode centre-crops (True, the seed configuration); False crops at random in
+    eval mode too, as the original's robomimic crop randomizer does then.
+    obs_encoder_group_norm: must be True (GroupNorm ResNets); the original's False (BatchNorm) is refused.
     """
 
     shape_meta: Dict[str, Any] = field(default_factory=lambda: copy.deepcopy(SEED_SHAPE_META))
@@ -96,6 +100,9 @@ class PolicyConfig:
         if isinstance(self.scheduler, dict):
             object.__setattr__(self, "scheduler", SchedulerConfig(**self.scheduler))
         _check_choice("policy.crop_mode", self.crop_mode, CROP_MODES)
+        if not self.obs_encoder_group_norm:
+            raise ValueError("policy.obs_encoder_group_norm=False (the original's BatchNorm ResNet18) is not "
+                             "implemented: dp_fast builds GroupNorm encoders only (True, the seed configuration)")
         if "obs" not in self.shape_meta or "action" not in self.shape_meta:
             raise ValueError(f"shape_meta needs 'obs' and 'action' entries, got keys {list(self.shape_meta)}")
         if len(self.shape_meta["action"]["shape"]) != 1:

@@ -45,11 +45,6 @@ class LinearNormalizer(nn.Module):
         })
         self.params_dict[key] = field
 
-    def empty_like_keys(self, sizes: Mapping[str, int]) -> None:
-        """Create zero-filled fields with the given last-dim sizes (used before load_state_dict)."""
-        for key, n in sizes.items():
-            self.set_field(key, torch.ones(n), torch.zeros(n))
-
     def keys(self) -> Iterable[str]:
         return self.params_dict.keys()
 

@@ -1,7 +1,8 @@
 """DiffusionPolicy: normalize -> encode observations -> denoise an action chunk -> unnormalize.
 
 The reference path is plain PyTorch and follows the original DiffusionTransformerHybridImagePolicy
-(REFERENCE.md). Three trajectory modes, as the original:
+(docs/numerics.md). What runs where is decided once per device by dp_fast.backends.resolve and built by
+dp_fast.sampling.make_sampler (docs/architecture.md, "predict_action"). Three trajectory modes, as the original:
   * obs_as_cond (default): observation features are condition tokens; the model denoises (B, horizon, Da).
   * obs_as_cond + pred_action_steps_only: the model denoises only the executed (B, n_action_steps, Da).
   * obs_as_cond=False: inpainting over (B, horizon, Da + Do), the first n_obs_steps rows' observation
@@ -15,10 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backends import SAMPLERS, Resolution, policy_backend, resolve
 from .config import PolicyConfig
 from .models.transformer import TransformerForDiffusion
 from .models.vision import ObsEncoder
 from .normalizer import LinearNormalizer, image_range_field
+from .ops import add_noise
+from .policy_file import write_policy_file
+from .profiling import nvtx_range
+from .sampling import ReferenceSampler, check_precision, make_sampler
+from .sampling.cpu import isa
 from .schedulers import NoiseScheduler
 
 
@@ -29,7 +36,8 @@ class ObsError(ValueError):
 class DiffusionPolicy(nn.Module):
     def __init__(self, config: Optional[PolicyConfig] = None, backend: Optional[str] = None,
                  precision: str = "fp32"):
-        """backend: "reference", "cpu", "cuda", "triton" or "auto" (ARCHITECTURE.md, Backends).
+        """backend: "reference", "cpu", "cuda", "triton" or "auto" (None: $DP_FAST_BACKEND, then "auto");
+        a named backend this machine lacks raises BackendUnavailable here (docs/architecture.md, "Backends").
         precision: inference precision of the denoiser on the fast samplers, "fp32" (default; the
         reference's actions), "bf16" or "fp16" (see set_precision)."""
         super().__init__()
@@ -37,7 +45,7 @@ class DiffusionPolicy(nn.Module):
         self.config = config
         self.normalizer = LinearNormalizer()
         self.obs_encoder = ObsEncoder(config.shape_meta, config.crop_shape, config.crop_mode,
-                                      vision_width=config.vision_width)
+                                      vision_width=config.vision_width, eval_fixed_crop=config.eval_fixed_crop)
         self.obs_feature_dim = self.obs_encoder.output_dim
         self.action_dim = config.action_dim
         da, do = self.action_dim, self.obs_feature_dim
@@ -50,10 +58,10 @@ class DiffusionPolicy(nn.Module):
             n_cond_layers=config.n_cond_layers)
         self.noise_scheduler = NoiseScheduler(config.scheduler)
         self._init_normalizer()
-        from .sampling import resolve_backend  # late import: backends imports ops
-        self.backend = resolve_backend(backend, "cpu")
+        policy_backend(backend, "cpu")  # an unknown or unavailable named backend fails here, not at first use
         self._backend_request = backend
-        self._fast = {}  # sampler kind -> (weights key, fast sampler state), rebuilt when weights change
+        self._resolution: Optional[Resolution] = None  # resolved for the policy's device, on first use
+        self._sampler = None  # (weights key, sampler), rebuilt when the resolution or the weights change
         self.precision = "fp32"
         self.set_precision(precision)
 
@@ -73,6 +81,21 @@ class DiffusionPolicy(nn.Module):
     @property
     def num_inference_steps(self) -> int:
         return self.config.inference_steps
+
+    @property
+    def backend(self) -> str:
+        """The backend this policy runs on its current device (dp_fast.backends.policy_backend)."""
+        return policy_backend(self._backend_request, self.device)
+
+    @property
+    def resolution(self) -> Resolution:
+        """What runs on the policy's device (backend, sampler, each op): resolved once, again only after the
+        policy moved to another device."""
+        r = self._resolution
+        if r is None or r.device != self.device:
+            r = self._resolution = resolve(self._backend_request, self.device)
+            self._sampler = None
+        return r
 
     @property
     def device(self) -> torch.device:
@@ -153,16 +176,18 @@ class DiffusionPolicy(nn.Module):
         want = (self.noise_draws(),) + self.trajectory_shape(batch)
         if not torch.is_tensor(noise) or tuple(noise.shape) != want:
             got = tuple(noise.shape) if torch.is_tensor(noise) else type(noise).__name__
-            raise ObsError(f"noise must have shape (K, B, T, D) = {want} (K = num_inference_steps; "
-                           f"K + 1 for DDIM with eta > 0), got {got}")
+            raise ObsError(f"noise must have shape (K, B, T, D) = {want} (K = noise_draws(): "
+                           f"num_inference_steps, or one more where the last step draws noise too), got {got}")
         if not noise.is_floating_point():
             raise ObsError(f"noise must be floating point, got dtype {noise.dtype}")
         return noise.to(self.device, self.dtype)
 
     # ------------------------------------------------------------------ inference
-    def encode_obs(self, nobs: Dict[str, torch.Tensor], batch: int) -> torch.Tensor:
-        """(B * To, ...) normalized obs -> (B, To, Do) features."""
-        return self.obs_encoder(nobs).reshape(batch, self.n_obs_steps, -1)
+    def encode_obs(self, nobs: Dict[str, torch.Tensor], batch: int,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(B * To, ...) normalized obs -> (B, To, Do) features (crops on the resolved random_crop backend)."""
+        crop_backend = self.resolution.ops["random_crop"]
+        return self.obs_encoder(nobs, generator=generator, crop_backend=crop_backend).reshape(batch, self.n_obs_steps, -1)
 
     @torch.no_grad()
     def predict_action(self, obs: Mapping[str, torch.Tensor], noise: Optional[torch.Tensor] = None,
@@ -173,17 +198,15 @@ class DiffusionPolicy(nn.Module):
         of loop iteration i (the original's draw order); otherwise drawn from `generator` (or the
         global RNG) in that same order.
         """
-        from .sampling import nvtx_range
         nobs, batch = self.prepare_obs(obs)
         if noise is not None:
             noise = self._check_noise(noise, batch)
         with nvtx_range("encoder"):
-            feats = self.encode_obs(nobs, batch)
+            feats = self.encode_obs(nobs, batch, generator)
         with nvtx_range("sample"):
-            traj = self.sample_fast(feats, noise, generator)
+            traj = self._run_sampler(self.sampler, feats, noise, generator)
         return self._actions_from_trajectory(traj)
 
-    # ------------------------------------------------------------------ fast samplers
     def set_precision(self, precision) -> None:
         """Inference precision of the denoiser: "fp32" (default), "bf16" or "fp16" (or torch dtypes).
 
@@ -193,89 +216,53 @@ class DiffusionPolicy(nn.Module):
         that dtype (tensor cores), the scheduler step in fp32. The observation encoder always runs in
         fp32. The `reference` backend is the fp32 ground truth and rejects the others.
         """
-        from .sampling import check_precision
         name = check_precision(precision)
         if name != "fp32" and self.backend == "reference":
             raise ValueError(f"precision={name!r} needs a fast sampler backend ('cpu', 'cuda', 'triton' or an "
                              f"'auto' that resolves to one); this policy's backend is 'reference', the fp32 "
                              f"ground truth")
         self.precision = name
+        self._sampler = None
 
-    def _backend_for(self, device) -> str:
-        """The backend on `device`: the resolved one, re-resolved for "auto" after the policy moved."""
-        if device.type == "cpu" or self._backend_request not in (None, "auto"):
-            return self.backend
-        from .sampling import resolve_backend
-        return resolve_backend(self._backend_request, device)
+    def _weights_key(self):
+        """Changes whenever a denoiser parameter is replaced or modified in place (optimizer step,
+        load_state_dict, .to()), so that packed weights and caches are rebuilt."""
+        return tuple((p.data_ptr(), p._version, p.device) for p in self.model.parameters())
 
-    def sample_fast(self, feats: torch.Tensor, noise: Optional[torch.Tensor] = None,
-                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """The K-step loop on this policy's backend: same arguments, noise order and result (up to float
-        reassociation, fp32) as `sample`, which the `reference` backend runs."""
-        from . import sampling
-        kind = sampling.sampler_kind(self._backend_for(feats.device), feats.device)
-        if kind == "reference":
-            return self.sample(feats, noise, generator)
-        shape = self.trajectory_shape(feats.shape[0])
+    @property
+    def sampler(self):
+        """The K-step loop predict_action runs (dp_fast.sampling), for the resolved backend: built on first
+        use and rebuilt when the weights change (the fast samplers pack them; the reference reads the model
+        directly). A GraphSampler records its capture cost per key in `capture_seconds`."""
+        res = self.resolution
+        if res.sampler == "reference":
+            if self._sampler is None:
+                self._sampler = (None, ReferenceSampler(self.model))
+            return self._sampler[1]
+        key = self._weights_key()
+        if self._sampler is None or self._sampler[0] != key:
+            self._sampler = (key, make_sampler(res.sampler, self.model, self.precision, res.ops["ddpm_step"]))
+        return self._sampler[1]
+
+    def _run_sampler(self, sampler, feats: torch.Tensor, noise: Optional[torch.Tensor],
+                     generator: Optional[torch.Generator]) -> torch.Tensor:
         cond, data, mask = self._condition(feats)
-        inpaint = None if mask is None else (data, mask)
         sched = self.noise_scheduler
         if sched.device != feats.device:
             sched.to(feats.device)
-        k = self.num_inference_steps
-        runner = self._fast_sampler(kind)
-        if kind == "cpu":
-            if noise is None:
-                # One draw per call, in the reference's order, so a generator gives the reference's noise.
-                noise = torch.stack([torch.randn(shape, generator=generator, device=feats.device, dtype=feats.dtype)
-                                     for _ in range(sched.num_noise(k))])
-            return runner.sample(sched, k, cond, noise, inpaint)
-        return runner.sample(sched, k, shape, cond, noise, generator, inpaint)
-
-    def _weights_key(self, kind: str):
-        """Changes whenever a denoiser parameter is replaced or modified in place (optimizer step,
-        load_state_dict, .to()), so that packed weights and caches are rebuilt."""
-        return (kind, self.precision, tuple((p.data_ptr(), p._version, p.device) for p in self.model.parameters()))
-
-    def _fast_sampler(self, kind: str):
-        key = self._weights_key(kind)
-        cached = self._fast.get(kind)
-        if cached is None or cached[0] != key:
-            from . import sampling
-            dtype = sampling.PRECISIONS[self.precision]
-            if kind == "cpu":
-                from .sampling_cpu import CpuSampler
-                runner = CpuSampler(self.model, dtype)
-            else:
-                # the scheduler step runs as the backend's ddpm_step kernel (Triton or CUDA); the loop
-                # is CUDA-graph captured on CUDA devices ("cuda_graph"), eager elsewhere
-                from .sampling_cuda import GraphSampler, op_step
-                step_backend = self._backend_for(self.device)
-                runner = GraphSampler(self.model, dtype, capture=kind == "cuda_graph", step_fn=op_step(step_backend))
-            self._fast[kind] = (key, runner)
-        return self._fast[kind][1]
+        return sampler.sample(sched, self.num_inference_steps, self.trajectory_shape(feats.shape[0]), cond, noise,
+                              generator, None if mask is None else (data, mask))
 
     def describe_backends(self) -> Dict[str, str]:
         """What each piece of predict_action resolved to on this policy's device: the policy backend, the
-        sampler (and its implementation), the precision, and each op of dp_fast.backends."""
-        from . import sampling
-        _b = sampling._backends_module()
-        device = self.device
-        backend = self._backend_for(device)
-        kind = sampling.sampler_kind(backend, device)
-        out = {"backend": backend, "device": str(device), "precision": self.precision, "sampler": kind,
-               "sampler_impl": sampling.SAMPLERS[kind], "obs_encoder": "reference (PyTorch)"}
-        if kind == "cpu":
-            from . import sampling_cpu
+        sampler (and its implementation), the precision, and each op of dp_fast.backends.OPS."""
+        res = self.resolution
+        out = {"backend": res.backend, "device": str(res.device), "precision": self.precision, "sampler": res.sampler,
+               "sampler_impl": SAMPLERS[res.sampler], "obs_encoder": "reference (PyTorch)"}
+        if res.sampler == "cpu":
             weights = "fp32" if self.precision == "fp32" else f"{self.precision} weights, fp32 activations"
-            out["sampler_impl"] += f" [{sampling_cpu.isa()}, {weights}]"
-        resolve_op = getattr(_b, "resolve_op_backend", None)
-        if resolve_op is not None:
-            for op in getattr(_b, "OPS", ("ddpm_step", "add_noise", "random_crop")):
-                try:
-                    out[op] = resolve_op(op, backend, device.type)
-                except Exception as e:  # noqa: BLE001 - reported, not raised: this only describes
-                    out[op] = f"unavailable ({type(e).__name__}: {e})"
+            out["sampler_impl"] += f" [{isa()}, {weights}]"
+        out.update(res.ops)
         return out
 
     def _condition(self, feats: torch.Tensor):
@@ -291,44 +278,16 @@ class DiffusionPolicy(nn.Module):
         return None, data, mask
 
     def noise_draws(self) -> int:
-        """Leading size of `noise`: K for DDPM (and DDIM with eta = 0), K + 1 for DDIM with eta > 0."""
+        """Leading size of `noise`: K = num_inference_steps, or K + 1 where the last iteration draws step
+        noise as well (DDIM with eta > 0; DDPM with steps_offset > 0, whose last timestep is then > 0)."""
         k = self.num_inference_steps
         return max(k, self.noise_scheduler.num_noise(k))
 
     def sample(self, feats: torch.Tensor, noise: Optional[torch.Tensor] = None,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Reference K-step denoising loop. feats: (B, To, Do) -> normalized trajectory (B, T, D).
-
-        Noise is consumed in the original's order: noise[0] initial sample, then one entry per loop
-        iteration that draws step noise (DDPM: every t > 0, so iteration i uses noise[i + 1]).
-        """
-        shape = self.trajectory_shape(feats.shape[0])
-        cond, data, mask = self._condition(feats)
-        sched = self.noise_scheduler
-        if sched.device != feats.device:
-            sched.to(feats.device)
-        k = self.num_inference_steps
-        timesteps = sched.timesteps(k)
-        draws = sched.noise_draws(k)
-        used = 0
-
-        def draw():
-            nonlocal used
-            used += 1
-            if noise is not None:
-                return noise[used - 1]
-            return torch.randn(shape, generator=generator, device=feats.device, dtype=feats.dtype)
-
-        x = draw()
-        for i in range(k):
-            t = timesteps[i]
-            if mask is not None:
-                x = torch.where(mask, data, x)
-            eps = self.model(x, t, cond)
-            x = sched.step(eps, t, x, draw() if draws[i] else None, k)
-        if mask is not None:
-            x = torch.where(mask, data, x)
-        return x
+        """The reference K-step denoising loop, whatever the backend. feats: (B, To, Do) -> normalized
+        trajectory (B, T, D). Noise as in predict_action (the scheduler's noise plan)."""
+        return self._run_sampler(ReferenceSampler(self.model), feats, noise, generator)
 
     def _actions_from_trajectory(self, traj: torch.Tensor) -> Dict[str, torch.Tensor]:
         action_pred = self.normalizer.unnormalize_key("action", traj[..., :self.action_dim])
@@ -341,13 +300,18 @@ class DiffusionPolicy(nn.Module):
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch: Mapping, noise: Optional[torch.Tensor] = None,
-                     timesteps: Optional[torch.Tensor] = None, crop_offsets=None,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                     timesteps: Optional[torch.Tensor] = None,
+                     crop_offsets: Optional[Mapping[str, torch.Tensor]] = None,
+                     generator: Optional[torch.Generator] = None, backend: Optional[str] = None) -> torch.Tensor:
         """Denoising loss of the original. batch: {"obs": {key: (B, To', ...)}, "action": (B, T, Da)}.
 
-        noise / timesteps / crop_offsets ({key: (top (N,), left (N,))}) may be injected; otherwise
-        drawn from `generator` in the order crops, noise, timesteps.
+        noise / timesteps / crop_offsets ({key: (B * To, 2) int64 [top, left]}) may be injected; otherwise
+        drawn from `generator` in the order crops (shape_meta order), noise, timesteps. backend: where the
+        crop and the forward noising run (dp_fast.ops random_crop / add_noise); None: the policy's resolved
+        ops; "reference": plain PyTorch (the scheduler's add_noise, diffusers' formula). Every backend draws
+        the same random numbers, so the loss agrees across backends up to float rounding (tested).
         """
+        ops = self.resolution.ops if backend is None else resolve(backend, self.device).ops
         c = self.config
         if "obs" not in batch or "action" not in batch:
             raise ObsError(f"batch must have keys 'obs' and 'action', got {sorted(batch)}")
@@ -362,7 +326,7 @@ class DiffusionPolicy(nn.Module):
         if nb != bsz:
             raise ObsError(f"batch obs have batch size {nb}, batch['action'] has {bsz}")
         nact = self.normalizer.normalize_key("action", act.to(self.device, self.dtype))
-        feats = self.obs_encoder(nobs, crop_offsets, generator).reshape(bsz, steps, -1)
+        feats = self.obs_encoder(nobs, crop_offsets, generator, ops["random_crop"]).reshape(bsz, steps, -1)
         cond, traj, cmask = None, nact, None
         if c.obs_as_cond:
             cond = feats
@@ -379,7 +343,11 @@ class DiffusionPolicy(nn.Module):
             timesteps = torch.randint(0, c.scheduler.num_train_timesteps, (bsz,), generator=generator,
                                       device=traj.device)
         sched = self.noise_scheduler.to(traj.device)
-        noisy = sched.add_noise(traj, noise, timesteps)
+        if ops["add_noise"] == "reference":
+            noisy = sched.add_noise(traj, noise, timesteps)
+        else:
+            noisy = add_noise(traj.contiguous(), noise.contiguous(), timesteps, sched.alphas_cumprod,
+                              backend=ops["add_noise"])
         if cmask is not None:
             noisy = torch.where(cmask, traj, noisy)
         pred = self.model(noisy, timesteps, cond)
@@ -391,8 +359,8 @@ class DiffusionPolicy(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
-        from .checkpoint import save_policy
-        save_policy(self, path)
+        """Write this policy (config, weights, normalizer) as a dp_fast .safetensors file, atomically."""
+        write_policy_file(path, self.config, self.state_dict())
 
     def get_optim_groups(self, transformer_weight_decay: float, obs_encoder_weight_decay: float):
         """AdamW groups of the original: decay on transformer Linear / attention weights, none on

@@ -1,7 +1,7 @@
 """DDPM / DDIM noise schedulers: diffusers-faithful reference steps and coefficient tables for kernels.
 
 Semantics follow diffusers' `DDPMScheduler` / `DDIMScheduler` (current versions, `timestep_spacing="leading"`,
-no thresholding, `use_clipped_model_output=False`); see REFERENCE.md (DDPM). diffusers is not imported here.
+no thresholding, `use_clipped_model_output=False`); docs/numerics.md (Schedulers). diffusers is not imported here.
 
 Two forms of one denoising step:
   * `NoiseScheduler.step` -- the clear reference, written like the diffusers code (x0 prediction, clip, posterior).
@@ -12,7 +12,7 @@ Two forms of one denoising step:
         prev = e * x0 + f * x_t + g * eps + sigma * noise
     DDPM has c = d = g = 0; DDIM has f = 0. sigma = 0 where no noise is drawn.
 
-Noise convention of a sampling loop of K iterations (`noise_draws(K)` says which iterations draw):
+Noise convention of a sampling loop of K iterations (`noise_plan(K)` gives each iteration's noise index):
 noise[0] is the initial sample and the n-th drawing iteration uses noise[n]. DDPM (steps_offset = 0) draws in
 iterations 0..K-2 (t > 0), so the loop needs K noise tensors: noise[i + 1] for iteration i. DDIM with eta = 0
 draws nothing; DDIM with eta > 0 draws in every iteration (diffusers does so even at the last step), K + 1 tensors.
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -66,7 +66,7 @@ class NoiseScheduler:
     Diffusion Policy checkpoints, always stepped from t to t - 1 with the stored betas[t], alphas[t]. This class
     follows current diffusers for the step targets; for K == T (all original checkpoints) both pick t - 1.
     A step that moves exactly one train step (t -> t - 1, which includes the last step t = 0 for any K) uses the
-    stored float32 betas[t] / alphas[t], as 0.11.1 and REFERENCE.md do: equal to 1 - abar_t / abar_{t-1} in exact
+    stored float32 betas[t] / alphas[t], as 0.11.1 (the original's version) does: equal to 1 - abar_t / abar_{t-1} in exact
     arithmetic, but that ratio of float32 cumprods loses up to ~1e-4 relative in small betas, so current
     diffusers' float32 step drifts from the original by ~1e-5 (seed schedule, t = 0) to ~5e-4 (T = 1000).
     DDPM also honours `steps_offset` in its timesteps, as current diffusers does.
@@ -99,6 +99,7 @@ class NoiseScheduler:
         # abar "before" the first step: DDPM always uses 1; DDIM uses 1 or abar_0 (set_alpha_to_one).
         self._abar_final = 1.0 if (cfg.kind == "ddpm" or cfg.set_alpha_to_one) else self._abar[0]
         self._tables: Dict[int, torch.Tensor] = {}
+        self._plans: Dict[int, Tuple[int, ...]] = {}
         self._ts_cache: Dict[int, tuple] = {}  # K -> (timesteps list, {timestep: loop index})
         self.device = torch.device("cpu")
         self.to(device if device is not None else "cpu")
@@ -160,13 +161,23 @@ class NoiseScheduler:
     def _draws_noise(self, t: int) -> bool:
         return t > 0 if self.config.kind == "ddpm" else self.config.eta > 0
 
-    def noise_draws(self, num_inference_steps: int) -> List[bool]:
-        """For each loop iteration i, whether diffusers draws step noise there (see the module docstring)."""
-        return [self._draws_noise(t) for t in self._timestep_list(num_inference_steps)]
+    def noise_plan(self, num_inference_steps: int) -> Tuple[int, ...]:
+        """The noise plan of a K-step loop: for each iteration i, the index into the (N, ...) noise tensor
+        of the step noise it uses, or -1 where diffusers draws none (see the module docstring). Every
+        sampling loop, the C++ one included, reads its noise through this plan. Cached per K."""
+        k = len(self._timestep_list(num_inference_steps))
+        if k not in self._plans:
+            plan, used = [], 1
+            for t in self._timestep_list(num_inference_steps):
+                draws = self._draws_noise(t)
+                plan.append(used if draws else -1)
+                used += draws
+            self._plans[k] = tuple(plan)
+        return self._plans[k]
 
     def num_noise(self, num_inference_steps: int) -> int:
         """Noise tensors one sampling loop consumes: the initial sample plus one per drawing iteration."""
-        return 1 + sum(self.noise_draws(num_inference_steps))
+        return 1 + sum(j >= 0 for j in self.noise_plan(num_inference_steps))
 
     def _variance(self, a_t: float, a_prev: float) -> float:
         """DDIM's variance (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)."""
@@ -205,7 +216,7 @@ class NoiseScheduler:
 
         model_output, sample, noise: same shape. t: python int or 0-d / 1-element integer tensor, one of
         `timesteps(K)` for DDPM (any of 0..T-1 for DDIM, as in diffusers). num_inference_steps: K, default T.
-        noise: required where `noise_draws` is True for t (DDPM: t > 0; DDIM: eta > 0); ignored elsewhere.
+        noise: required where `noise_plan` draws for t (DDPM: t > 0; DDIM: eta > 0); ignored elsewhere.
         """
         cfg = self.config
         k = self.num_train_timesteps if num_inference_steps is None else num_inference_steps
@@ -306,7 +317,7 @@ def step_from_table(table: torch.Tensor, i: Union[int, torch.Tensor], sample: to
     table: (K, 10) float32. i: python int or 0-d / 1-element int64 tensor on the table's device (gathered on
     the device, no host sync -- CUDA-graph safe). sample, model_output, noise: same shape, computed in float32 and
     returned in sample's dtype. noise=None drops the sigma term: pass None only where sigma is 0 (see
-    `NoiseScheduler.noise_draws`); this function does not check it, to stay free of host syncs.
+    `NoiseScheduler.noise_plan`); this function does not check it, to stay free of host syncs.
     """
     if not isinstance(table, torch.Tensor) or table.dim() != 2 or table.shape[1] != len(TABLE_COLUMNS):
         raise ValueError(f"table must have shape (K, {len(TABLE_COLUMNS)}), got "

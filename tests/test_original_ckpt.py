@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from dp_fast.config import PolicyConfig
-from dp_fast.original_ckpt import (SUPPORTED_POLICY, CheckpointError, map_original_state_dict,
-                                   policy_config_from_original, read_original_checkpoint)
+from dp_fast.original_format import (SUPPORTED_POLICY, map_original_state_dict, policy_config_from_original,
+                                     read_original_checkpoint)
+from dp_fast.policy_file import CheckpointError
 from tests.fixtures_path import fixtures_dir
 
 

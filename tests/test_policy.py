@@ -6,8 +6,8 @@ import torch
 
 import dp_fast
 from dp_fast import DiffusionPolicy, PolicyConfig, SchedulerConfig, load_policy
-from dp_fast.original_ckpt import CheckpointError
 from dp_fast.policy import ObsError
+from dp_fast.policy_file import CheckpointError
 from tests.fixtures_path import fixtures_dir
 
 SMALL_META = {
@@ -286,7 +286,7 @@ def test_bad_config():
 
 
 def test_backend_argument():
-    assert dp_fast.backends()["reference"]["available"]
+    assert dp_fast.available_backends()["reference"]["available"]
     p = DiffusionPolicy(small_config(), backend="reference")
     assert p.backend == "reference"
     with pytest.raises(ValueError, match="backend must be one of"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dp_fast import DiffusionPolicy, PolicyConfig
-from dp_fast.original_ckpt import map_original_state_dict
+from dp_fast.original_format import map_original_state_dict
 from tests.fixtures_path import fixtures_dir
 
 ATOL = 1e-5
@@ -35,10 +35,10 @@ def policy(fx):
     return p.eval()
 
 
-def close(a, b, atol=ATOL):
+def close(a, b, atol=ATOL, rtol=0.0):
     assert a.shape == b.shape, (a.shape, b.shape)
-    err = (a - b).abs().max().item()
-    assert err <= atol, f"max abs error {err:.3g} > {atol}"
+    excess = ((a - b).abs() - atol - rtol * b.abs()).max().item()
+    assert excess <= 0, f"max abs error {(a - b).abs().max().item():.3g} > {atol} + {rtol} |recorded|"
 
 
 def test_scheduler_tables(fx, policy):
@@ -64,11 +64,13 @@ def test_encoder_intermediates(fx, policy):
     nobs = fx["obs_encoder"]["nobs_flat"]
     for key in ("agentview_image", "robot0_eye_in_hand_image"):
         rec = {n.split(".", 1)[1]: v for n, v in fx["obs_encoder"].items() if n.startswith(key + ".")}
-        crop = enc.crop(key, nobs[key])
+        crop = enc.crop(nobs[key])
         close(crop, rec["cropped_input"], 0)
         core = enc.obs_nets[key]
         bb = core.backbone(crop)
-        close(bb, rec["backbone_out"])
+        # 20 fp32 convolutions with values up to ~7: the rounding depends on the CPU's SIMD width (AVX2 vs
+        # AVX-512 kernels of oneDNN differ by ~1.4e-5 here), so the bound is relative as well
+        close(bb, rec["backbone_out"], rtol=1e-5)
         kp = core.pool(bb)
         close(kp, rec["keypoints"])
         close(core.nets["3"](kp.flatten(1)), rec["core_out_pre_relu"])
@@ -144,7 +146,7 @@ def test_compute_loss_train_crop(fx, policy):
     policy.train()
     policy.model.eval()
     try:
-        offsets = {k: (v[:, 0], v[:, 1]) for k, v in L["crop_idx"].items()}
+        offsets = dict(L["crop_idx"])  # {key: (N, 2) [top, left]}
         loss, grads = _loss_and_grads(policy, fx, "loss_train_crop", offsets)
         close(loss.detach(), L["loss"])
         for name, g in L["grads"].items():

@@ -10,14 +10,13 @@ import torch
 
 import dp_fast
 from dp_fast import DiffusionPolicy, PolicyConfig, SchedulerConfig
+from dp_fast import _ext
 from dp_fast.backends import BackendUnavailable
-from dp_fast import sampling_cpu
-from dp_fast.sampling import FastDenoiser, fast_sample
-from dp_fast.sampling_cuda import GraphSampler
+from dp_fast.sampling import GraphSampler, make_sampler
+from dp_fast.sampling.cpu import isa as sampler_isa
 from tests.test_policy import random_obs
 
-CPU_OK, CPU_WHY = sampling_cpu.available()
-needs_cpu_sampler = pytest.mark.skipif(not CPU_OK, reason=f"cpu sampler unavailable: {CPU_WHY}")
+needs_cpu_sampler = pytest.mark.skipif(not _ext.load(), reason=f"cpu sampler unavailable: {_ext.unavailable_reason()}")
 
 META7 = {"obs": {"cam": {"shape": [3, 24, 24], "type": "rgb"}, "pos": {"shape": [3]}}, "action": {"shape": [7]}}
 META10 = {"obs": {"cam": {"shape": [3, 24, 20], "type": "rgb"}, "grip": {"shape": [2]}}, "action": {"shape": [10]}}
@@ -98,11 +97,12 @@ def test_cpu_sampler_generator_draws_like_reference():
 @pytest.mark.parametrize("parallel", ["", "force"])
 def test_cpu_sampler_isa_and_threading(isa, parallel, monkeypatch):
     """Both compiled copies of the loop, on one lane and on forced tensor-parallel / batch lanes."""
+    monkeypatch.delenv("DP_FAST_SAMPLER_ISA", raising=False)
+    if isa == "avx512" and sampler_isa() != "avx512":  # what the hardware offers, asked before forcing a copy
+        pytest.skip("this CPU has no AVX-512")
     monkeypatch.setenv("DP_FAST_SAMPLER_ISA", isa)
     monkeypatch.setenv("DP_FAST_SAMPLER_PARALLEL", parallel)
-    if isa == "avx512" and sampling_cpu.isa() != "avx512":
-        pytest.skip("this CPU has no AVX-512")
-    assert sampling_cpu.isa() == isa
+    assert sampler_isa() == isa
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -179,16 +179,16 @@ def test_reference_backend_rejects_low_precision():
 def test_cpu_sampler_rejects_bad_arguments():
     cfg = cfg_of()
     _, fast = pair(cfg)
-    runner = fast._fast_sampler("cpu")
+    runner = make_sampler("cpu", fast.model)
     sched = fast.noise_scheduler
     k = fast.num_inference_steps
     shape = fast.trajectory_shape(2)
     with pytest.raises(ValueError, match="features per token"):
-        runner.sample(sched, k, None, torch.randn(sched.num_noise(k), 2, shape[1], shape[2] + 1))
+        runner.sample(sched, k, shape, None, torch.randn(sched.num_noise(k), 2, shape[1], shape[2] + 1))
     with pytest.raises(ValueError, match="draws"):
-        runner.sample(sched, k, None, torch.randn(1, *shape))
+        runner.sample(sched, k, shape, None, torch.randn(1, *shape))
     with pytest.raises(RuntimeError, match="`sample` must be float32"):
-        runner.sample(sched, k, None, torch.randn(sched.num_noise(k), *shape, dtype=torch.float64))
+        runner.sample(sched, k, shape, None, torch.randn(sched.num_noise(k), *shape, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="layout"):
         torch.ops.dp_fast.sampler_loop(
             torch.zeros(shape), torch.zeros(1, *shape), torch.zeros(k, dtype=torch.int64),
@@ -213,21 +213,6 @@ def test_graph_sampler_body_matches_reference(mode):
     assert (a - b2).abs().max().item() <= 1e-5
 
 
-def test_fast_denoiser_loop_matches_reference():
-    cfg = cfg_of()
-    ref, _ = pair(cfg, backend="reference")
-    obs = random_obs(cfg, 2)
-    noise = injected(ref, 2)
-    with torch.no_grad():
-        nobs, b = ref.prepare_obs(obs)
-        feats = ref.encode_obs(nobs, b)
-        a = ref.sample(feats, noise)
-        cond, _, _ = ref._condition(feats)
-        x = fast_sample(FastDenoiser(ref.model), ref.noise_scheduler, ref.num_inference_steps,
-                        ref.trajectory_shape(2), cond, lambda j: noise[j])
-    assert (a - x).abs().max().item() <= 1e-5
-
-
 @needs_cpu_sampler
 def test_auto_on_cpu_selects_the_cpu_sampler(monkeypatch):
     monkeypatch.delenv("DP_FAST_BACKEND", raising=False)
@@ -244,8 +229,8 @@ def test_cuda_graph_sampler_matches_reference(mode, batch, backend):
     """Captured once, replayed: same actions as the reference for injected noise; fresh noise per call
     from in-graph RNG; capture cost recorded separately."""
     cfg = cfg_of(**MODES[mode])
-    if not dp_fast.backends()[backend]["available"]:
-        pytest.skip(dp_fast.backends()[backend]["reason"])
+    if not dp_fast.available_backends()[backend]["available"]:
+        pytest.skip(dp_fast.available_backends()[backend]["reason"])
     ref, fast = pair(cfg, backend=backend)
     ref, fast = ref.cuda(), fast.cuda()
     obs = {k: v.cuda() for k, v in random_obs(cfg, batch).items()}
@@ -259,11 +244,16 @@ def test_cuda_graph_sampler_matches_reference(mode, batch, backend):
     torch.cuda.synchronize()
     assert (a - b1).abs().max().item() <= 1e-4 and torch.equal(b1, b2)
     assert not torch.equal(r1, r2)
-    runner = fast._fast_sampler("cuda_graph")
-    assert runner.capture_seconds and all(s > 0 for s in runner.capture_seconds.values())
+    runner = fast.sampler
+    assert isinstance(runner, GraphSampler) and runner.capture_seconds and all(s > 0 for s in runner.capture_seconds.values())
 
 
-AVAILABLE = [name for name, info in dp_fast.backends().items() if info["available"] and name != "auto"]
+AVAILABLE = [name for name, info in dp_fast.available_backends().items() if info["available"] and name != "auto"]
+
+
+def device_for(backend: str) -> str:
+    """Where a policy of `backend` runs: cuda needs a CUDA device, triton uses one when there is one."""
+    return "cuda" if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()) else "cpu"
 
 
 @pytest.mark.parametrize("backend", AVAILABLE)
@@ -273,9 +263,11 @@ def test_every_available_backend_gives_the_reference_actions(backend, mode):
     actions (fp32, atol 1e-5) on every backend this machine offers (triton: the interpreter on a CPU)."""
     cfg = cfg_of(**MODES[mode])
     ref, fast = pair(cfg, backend=backend)
+    dev = device_for(backend)
+    ref, fast = ref.to(dev), fast.to(dev)
     assert fast.backend == backend
-    obs = random_obs(cfg, 2)
-    noise = injected(ref, 2)
+    obs = {k: v.to(dev) for k, v in random_obs(cfg, 2).items()}
+    noise = injected(ref, 2).to(dev)
     with torch.no_grad():
         a = ref.predict_action(obs, noise=noise)["action_pred"]
         b = fast.predict_action(obs, noise=noise)["action_pred"]
@@ -287,15 +279,16 @@ def test_load_policy_backend_reproduces_original_actions(backend, variant_ckpt):
     """load_policy(path, backend=...) on the original-format checkpoint: the original's recorded actions."""
     from tests.fixtures_path import fixtures_dir
     ex = torch.load(fixtures_dir() / "dp_variant_ckpt" / "variant_expected.pt", weights_only=True)
-    policy = dp_fast.load_policy(variant_ckpt, backend=backend)
+    dev = device_for(backend)
+    policy = dp_fast.load_policy(variant_ckpt, device=dev, backend=backend)
     assert policy.backend == backend
     with torch.no_grad():
-        out = policy.predict_action(ex["obs"], noise=ex["noise"])["action"]
-    assert (out - ex["action"]).abs().max().item() <= 1e-4
+        out = policy.predict_action({k: v.to(dev) for k, v in ex["obs"].items()}, noise=ex["noise"].to(dev))["action"]
+    assert (out.cpu() - ex["action"]).abs().max().item() <= 1e-4
 
 
 def test_named_unavailable_backend_raises():
-    missing = [n for n, info in dp_fast.backends().items() if not info["available"]]
+    missing = [n for n, info in dp_fast.available_backends().items() if not info["available"]]
     for name in missing:
         with pytest.raises(BackendUnavailable, match=name):
             DiffusionPolicy(cfg_of(), backend=name)

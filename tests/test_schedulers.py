@@ -1,7 +1,7 @@
 """dp_fast.schedulers against diffusers' DDPMScheduler / DDIMScheduler (the oracle), and table form vs step.
 
 diffusers is imported only inside the tests. Its step noise is injected by patching the `randn_tensor` that
-scheduling_ddpm / scheduling_ddim call, which also counts the draws so `noise_draws` is checked against them.
+scheduling_ddpm / scheduling_ddim call, which also counts the draws so `noise_plan` is checked against them.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def _model(x: torch.Tensor, t: int, abar: float, target: torch.Tensor, predictio
 
 
 def _one_train_step_correction(s: NoiseScheduler, t: int, prev: int, x0, x, z):
-    """What the stored betas[t] / alphas[t] (0.11.1, REFERENCE.md) change against current diffusers' effective
+    """What the stored betas[t] / alphas[t] (diffusers 0.11.1, the original's version) change against current diffusers' effective
     beta 1 - abar_t / abar_prev on a DDPM step t -> t - 1 (see NoiseScheduler's docstring); 0 for other steps."""
     if s.config.kind != "ddpm" or prev != t - 1:
         return 0.0
@@ -140,7 +140,8 @@ def test_denoising_loop_matches_diffusers(case, monkeypatch):
 
     cfg, k = case
     ours, ref = NoiseScheduler(cfg), _oracle(cfg, float64=True)
-    draws = ours.noise_draws(k)
+    plan = ours.noise_plan(k)
+    draws = [j >= 0 for j in plan]
     g = torch.Generator().manual_seed(1000 + k)
     noise = torch.randn((ours.num_noise(k),) + SHAPE, generator=g)
     target = (0.8 * torch.randn(SHAPE, generator=g)).clamp(-1.2, 1.2)
@@ -161,7 +162,8 @@ def test_denoising_loop_matches_diffusers(case, monkeypatch):
     n, worst = 1, {}
     for i, t in enumerate(ts):
         prev = ts[i + 1] if i + 1 < k else -1
-        step_noise = noise[n] if draws[i] else None
+        step_noise = noise[plan[i]] if draws[i] else None
+        assert plan[i] in (-1, n)  # the n-th drawing iteration uses noise[n]
         z = step_noise.double() if draws[i] else None
         x_in = x_ref.float()
         m = model(x_in, t)
@@ -177,7 +179,7 @@ def test_denoising_loop_matches_diffusers(case, monkeypatch):
             if err > 0 and name not in worst:
                 worst[name] = (i, t, err)
     assert not worst, f"exceeds tolerance by (iteration, t, excess): {worst}"
-    assert fake.count == n - 1 == sum(draws), "noise_draws disagrees with the draws diffusers made"
+    assert fake.count == n - 1 == sum(draws), "noise_plan disagrees with the draws diffusers made"
     assert x_ref.abs().max() > 0.1  # the loop did not collapse to something trivially equal
 
 
@@ -213,7 +215,7 @@ def test_step_from_table_equals_step(case):
     assert table.shape == (k, len(TABLE_COLUMNS)) and table.dtype == torch.float32
     cols = dict(zip(TABLE_COLUMNS, table.T))
     assert torch.all(cols["g"] == 0) if cfg.kind == "ddpm" else torch.all(cols["f"] == 0)
-    draws = torch.tensor(ours.noise_draws(k))
+    draws = torch.tensor([j >= 0 for j in ours.noise_plan(k)])
     assert torch.all(cols["sigma"][~draws] == 0)
     g = torch.Generator().manual_seed(7 * k)
     for i, t in enumerate(ours.timesteps(k).tolist()):
@@ -239,18 +241,20 @@ def test_step_accepts_tensor_timesteps():
     assert not torch.equal(s.step(m, 41, x, z, 100), want)
 
 
-def test_noise_draws_layout():
+def test_noise_plan_layout():
     ddpm = NoiseScheduler(SchedulerConfig())
-    assert ddpm.noise_draws(100) == [True] * 99 + [False] and ddpm.num_noise(100) == 100
+    assert ddpm.noise_plan(100) == tuple(range(1, 100)) + (-1,) and ddpm.num_noise(100) == 100
+    assert NoiseScheduler(SchedulerConfig(kind="ddim")).noise_plan(3) == (-1, -1, -1)
+    assert NoiseScheduler(SchedulerConfig(kind="ddim", eta=0.5)).noise_plan(3) == (1, 2, 3)
     assert NoiseScheduler(SchedulerConfig(kind="ddim")).num_noise(10) == 1
     assert NoiseScheduler(SchedulerConfig(kind="ddim", eta=0.5)).num_noise(10) == 11
     # current diffusers adds steps_offset to DDPM timesteps too: the last step is then t = 1 > 0 and draws
     offset = NoiseScheduler(SchedulerConfig(steps_offset=1))
-    assert offset.timesteps(10)[-1].item() == 1 and offset.noise_draws(10) == [True] * 10
+    assert offset.timesteps(10)[-1].item() == 1 and offset.noise_plan(10) == tuple(range(1, 11))
 
 
 def test_seed_table_matches_reference_md_formula():
-    """REFERENCE.md's DDPM step (K = T = 100) written out independently, for the seed configuration."""
+    """The DDPM step of docs/numerics.md (K = T = 100) written out independently, for the seed configuration."""
     s = NoiseScheduler(SchedulerConfig())
     abar = s.alphas_cumprod.double()
     betas = s.betas.double()

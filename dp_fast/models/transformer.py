@@ -204,10 +204,6 @@ class TransformerForDiffusion(nn.Module):
         """t: (B,) -> (B, 1, E)."""
         return sinusoidal_embedding(t, self.n_emb).unsqueeze(1)
 
-    def _mask(self, name: str, rows: int):
-        m = getattr(self, name)
-        return None if m is None else m[:rows]
-
     def encode_condition(self, time_tok: torch.Tensor, cond_tok: Optional[torch.Tensor]) -> torch.Tensor:
         """time_tok: (B, 1, E); cond_tok: (B, To, E) = cond_obs_emb(cond) or None -> memory (B, Tc, E)."""
         x = time_tok if cond_tok is None else torch.cat([time_tok, cond_tok], dim=1)

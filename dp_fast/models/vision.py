@@ -2,7 +2,7 @@
 
 Module and parameter names follow the original robomimic/diffusion_policy state dict
 (`obs_nets.<key>.backbone.nets.{0..7}`, `.pool.nets`, `.nets.3`), so original checkpoints load
-after dropping their aliases (see dp_fast.original_ckpt.map_original_state_dict).
+after dropping their aliases (see dp_fast.original_format.map_original_state_dict).
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..ops import center_crop_offsets, random_crop, random_crop_offsets
 
 
 def _gn(c: int) -> nn.GroupNorm:
@@ -108,47 +110,11 @@ class VisualCore(nn.Module):
 def _resnet_out_hw(h: int, w: int) -> Tuple[int, int]:
     def down(n, k, s, p):
         return (n + 2 * p - k) // s + 1
-    for _ in range(1):
-        h, w = down(h, 7, 2, 3), down(w, 7, 2, 3)
-        h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)
-    for _ in range(3):
+    h, w = down(h, 7, 2, 3), down(w, 7, 2, 3)   # stem conv
+    h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)   # max pool
+    for _ in range(3):                          # stages 2..4 stride 2
         h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)
     return h, w
-
-
-def center_crop_offsets(h: int, w: int, ch: int, cw: int) -> Tuple[int, int]:
-    """torchvision center_crop's top/left: int(round((H - h) / 2)) (Python rounding)."""
-    return int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-
-
-def crop_ref(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, ch: int, cw: int) -> torch.Tensor:
-    """Crop each image at its own offset. x: (N, C, H, W); top, left: (N,) int64 -> (N, C, ch, cw)."""
-    n, c, h, w = x.shape
-    rows = top.reshape(n, 1) + torch.arange(ch, device=x.device)  # (N, ch)
-    cols = left.reshape(n, 1) + torch.arange(cw, device=x.device)  # (N, cw)
-    idx_r = rows.reshape(n, 1, ch, 1).expand(n, c, ch, w)
-    out = torch.gather(x, 2, idx_r)
-    idx_c = cols.reshape(n, 1, 1, cw).expand(n, c, ch, cw)
-    return torch.gather(out, 3, idx_c)
-
-
-def random_crop_offsets(n: int, h: int, w: int, ch: int, cw: int, mode: str = "uniform",
-                        generator: Optional[torch.Generator] = None, device=None):
-    """Training-crop offsets (top, left), each (N,) int64.
-
-    mode "uniform": every valid offset 0..H-h equally likely. mode "original": the original's
-    `(M * rand).long()` with M = H - h, which never returns M (drawn top first, then left).
-    """
-    mh, mw = h - ch, w - cw
-    if mode == "original":
-        top = (mh * torch.rand(n, 1, generator=generator, device=device)).long().reshape(n)
-        left = (mw * torch.rand(n, 1, generator=generator, device=device)).long().reshape(n)
-    elif mode == "uniform":
-        top = torch.randint(0, mh + 1, (n,), generator=generator, device=device)
-        left = torch.randint(0, mw + 1, (n,), generator=generator, device=device)
-    else:
-        raise ValueError(f"crop mode must be 'uniform' or 'original', got {mode!r}")
-    return top, left
 
 
 class ObsEncoder(nn.Module):
@@ -156,15 +122,19 @@ class ObsEncoder(nn.Module):
 
     obs: {key: (N, *shape)} normalized (images in [-1, 1], CHW) -> (N, D) with, in shape_meta
     order, ReLU(VisualCore(crop(image))) (64 each) for rgb keys and the values for low-dim keys.
-    In train mode, crops are random unless `crop_offsets[key] = (top, left)` is given.
+    Crops (dp_fast.ops.random_crop): in train mode random unless `crop_offsets[key]` ((N, 2) int64
+    [top, left]) is given, drawn with `crop_mode`; in eval mode the centre crop, or random as in train
+    mode when eval_fixed_crop=False (what the original's robomimic crop randomizer does then).
     """
 
     def __init__(self, shape_meta: Dict, crop_shape: Optional[Sequence[int]] = (76, 76),
-                 crop_mode: str = "uniform", feature_dim: int = 64, vision_width: int = 64):
+                 crop_mode: str = "uniform", feature_dim: int = 64, vision_width: int = 64,
+                 eval_fixed_crop: bool = True):
         super().__init__()
         self.obs_meta = {k: dict(v) for k, v in shape_meta["obs"].items()}
         self.crop_shape = tuple(crop_shape) if crop_shape is not None else None
         self.crop_mode = crop_mode
+        self.eval_fixed_crop = eval_fixed_crop
         self.obs_nets = nn.ModuleDict()
         self.feature_dims: Dict[str, int] = {}
         for key, meta in self.obs_meta.items():
@@ -181,26 +151,28 @@ class ObsEncoder(nn.Module):
                 self.feature_dims[key] = int(torch.Size(shape).numel())
         self.output_dim = sum(self.feature_dims.values())
 
-    def crop(self, key: str, x: torch.Tensor, offsets=None, generator=None) -> torch.Tensor:
+    def crop(self, x: torch.Tensor, offsets: Optional[torch.Tensor] = None,
+             generator: Optional[torch.Generator] = None, backend: Optional[str] = None) -> torch.Tensor:
+        """x: (N, C, H, W) normalized images -> (N, C, *crop_shape) float32 (see the class docstring)."""
         if self.crop_shape is None:
             return x
-        ch, cw = self.crop_shape
-        n, _, h, w = x.shape
-        if offsets is None and not self.training:
-            top, left = center_crop_offsets(h, w, ch, cw)
-            return x[:, :, top:top + ch, left:left + cw]
+        hw = tuple(x.shape[2:])
         if offsets is None:
-            offsets = random_crop_offsets(n, h, w, ch, cw, self.crop_mode, generator, x.device)
-        return crop_ref(x, offsets[0], offsets[1], ch, cw)
+            if self.training or not self.eval_fixed_crop:
+                offsets = random_crop_offsets(x.shape[0], hw, self.crop_shape, mode=self.crop_mode,
+                                              generator=generator, device=x.device)
+            else:
+                offsets = center_crop_offsets(x.shape[0], hw, self.crop_shape, device=x.device)
+        return random_crop(x.contiguous(), offsets, self.crop_shape, normalize=False, backend=backend)
 
-    def forward(self, obs: Dict[str, torch.Tensor], crop_offsets=None, generator=None) -> torch.Tensor:
+    def forward(self, obs: Dict[str, torch.Tensor], crop_offsets: Optional[Dict[str, torch.Tensor]] = None,
+                generator: Optional[torch.Generator] = None, crop_backend: Optional[str] = None) -> torch.Tensor:
         feats = []
-        for key, meta in self.obs_meta.items():
+        for key in self.obs_meta:
             x = obs[key]
             if key in self.obs_nets:
                 off = None if crop_offsets is None else crop_offsets.get(key)
-                x = self.crop(key, x, off, generator)
-                feats.append(F.relu(self.obs_nets[key](x)))
+                feats.append(F.relu(self.obs_nets[key](self.crop(x, off, generator, crop_backend))))
             else:
                 feats.append(x.reshape(x.shape[0], -1))
         return torch.cat(feats, dim=-1)

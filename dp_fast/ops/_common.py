@@ -6,13 +6,11 @@ Errors name the op, the argument, what was expected and what was given.
 from __future__ import annotations
 
 import contextlib
-import importlib
 from typing import Iterable, Optional, Sequence
 
 import torch
 
-# the module, not the function dp_fast/__init__.py re-exports under the same name
-_backends = importlib.import_module("dp_fast.backends")
+from ..backends import resolve_op_backend
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
@@ -66,7 +64,7 @@ def check_contiguous(op: str, backend: str, **tensors: torch.Tensor) -> None:
 
 def resolve(op: str, backend: Optional[str], device: torch.device) -> str:
     """The backend to run (dp_fast.backends.resolve_op_backend); raises when a named one cannot run."""
-    return _backends.resolve_op_backend(op, backend, device.type)
+    return resolve_op_backend(op, backend, device.type)
 
 
 def device_guard(device: torch.device):

@@ -12,25 +12,24 @@ Limits (the op's contract, checked for every backend): 1 <= T, S <= 64, 1 <= d <
 / float16. Scores, softmax and both products are computed in float32 by every backend; the output has
 q's dtype.
 
-Backends: "reference" (attention_ref, pure PyTorch), "triton" (kernels/attention.py; on CPU tensors only
-in the interpreter, TRITON_INTERPRET=1), "auto" (triton on CUDA tensors when Triton imports, reference
-otherwise). There is no C++ attention: "cpu" and "cuda" raise BackendUnavailable. The dispatcher reads
+Backends (dp_fast.backends.resolve_op_backend): "reference" (attention_ref, pure PyTorch), "triton"
+(kernels/attention.py; on CPU tensors only in the interpreter, TRITON_INTERPRET=1), "auto" (triton on
+CUDA tensors when Triton imports, reference otherwise). There is no C++ attention: "cpu" and "cuda" raise
+BackendUnavailable. The dispatcher reads
 only tensor metadata, so it never synchronises with the device and can be captured in a CUDA graph.
-Not yet on the sampling path: dp_fast/sampling.py uses torch SDPA until a GPU benchmark
+Not yet on the sampling path: dp_fast/sampling uses torch SDPA until a GPU benchmark
 (benchmarks/bench_attention.py) shows the kernel beating it.
 """
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional
 
 import torch
 
-from ._common import FLOAT_DTYPES, _backends, check_tensor, device_guard
+from ._common import FLOAT_DTYPES, check_tensor, device_guard, resolve
 
 OP = "attention"
-BACKENDS = ("reference", "triton", "auto")
 MAX_TOKENS = 64     # T and S: one (T_PAD, S_PAD) score tile per program in the kernel
 MAX_HEAD_DIM = 64      # the decoder's d is 32..64 (n_emb / n_head)
 
@@ -91,36 +90,6 @@ def _validate(q, k, v, mask, is_causal) -> None:
                          f"got shape {tuple(mask.shape)}")
 
 
-def resolve_backend(backend: Optional[str], device: torch.device) -> str:
-    """"reference" or "triton" for tensors on `device`. backend None -> $DP_FAST_BACKEND -> "auto".
-    A named backend that cannot run raises dp_fast.backends.BackendUnavailable saying why."""
-    name = backend or os.environ.get(_backends.ENV_VAR) or "auto"
-    if name not in _backends.NAMES:
-        raise ValueError(f"{OP}: backend must be one of {list(BACKENDS)} (or None: ${_backends.ENV_VAR}, then "
-                         f"'auto'), got {name!r}")
-    if name == "reference":
-        return name
-    if name == "auto":
-        if device.type == "cuda" and _backends._triton_status()[0]:
-            return "triton"
-        return "reference"
-    if name in ("cpu", "cuda"):
-        raise _backends.BackendUnavailable(
-            f"{OP}: there is no {name!r} implementation of attention (it has {list(BACKENDS)}); use "
-            f"backend='auto' or 'reference' on CPU tensors, 'triton' or 'auto' on CUDA tensors")
-    if device.type not in ("cpu", "cuda"):
-        raise _backends.BackendUnavailable(f"{OP}: backend 'triton' runs on cpu (interpreter) or cuda tensors, "
-                                           f"got {device.type}; use backend='reference'")
-    if device.type == "cpu" and not _backends.triton_interpreter():
-        raise _backends.BackendUnavailable(
-            f"{OP}: backend 'triton' on CPU tensors needs the Triton interpreter (TRITON_INTERPRET=1 before "
-            f"dp_fast.kernels is imported; slow); use backend='reference' or 'auto' for CPU tensors")
-    ok, reason = _backends._triton_status()
-    if not ok:
-        raise _backends.BackendUnavailable(f"{OP}: backend 'triton' is not available: {reason}")
-    return name
-
-
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None,
               is_causal: bool = False, *, backend: Optional[str] = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + mask) v on `backend` (None: $DP_FAST_BACKEND, then "auto"). New tensor.
@@ -133,7 +102,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
     reads float32 masks without a copy (other mask dtypes are converted per call).
     """
     _validate(q, k, v, mask, is_causal)
-    name = resolve_backend(backend, q.device)
+    name = resolve(OP, backend, q.device)
     if name == "reference":
         return attention_ref(q, k, v, mask, is_causal)
     for arg, t in (("q", q), ("k", k), ("v", v)):
@@ -151,4 +120,4 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
         return attention_triton(q, k, v, m4, is_causal)
 
 
-__all__ = ["attention", "attention_ref", "resolve_backend"]
+__all__ = ["attention", "attention_ref"]

@@ -2,14 +2,15 @@
 
 images (N, C, H, W) uint8 / float32 / bfloat16 / float16 -> (N, C, h, w) float32 with, in float32,
     v = images[n, c, top_n + i, left_n + j];  v = v / 255 (uint8 only);  v = 2 v - 1 (normalize=True)
-i.e. uint8 [0, 255] or float [0, 1] pixels go to [-1, 1], the image-range normalizer of REFERENCE.md
-(scale 2, offset -1). normalize=False stops at [0, 1] (for a checkpoint whose image normalizer differs).
+i.e. uint8 [0, 255] or float [0, 1] pixels go to [-1, 1], the policy's image-range normalizer (scale 2,
+offset -1). normalize=False is a plain crop (uint8 still scaled to [0, 1]): the observation encoder crops
+already-normalized float images this way.
 Every backend computes the same float32 operations, so crops are bit-exact across backends.
 
 Offsets: `random_crop_offsets` draws them on the device, uniform over all (H - h + 1) x (W - w + 1)
 valid positions. The original Diffusion Policy drew `(M * rand).long()` with M = H - h, which never
-yields M: the last row/column offset (8 for 84 -> 76) is never used. `original_off_by_one=True`
-reproduces that (same draws, same order). `center_crop_offsets` / `center_crop` are the eval crop.
+yields M: the last row/column offset (8 for 84 -> 76) is never used. `mode="original"` reproduces that
+(same draws, same order). `center_crop_offsets` / `center_crop` are the eval crop.
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..models.vision import random_crop_offsets as _draw_offsets
 from ._common import FLOAT_DTYPES, check_contiguous, check_tensor, device_guard, resolve
 
 OP = "random_crop"
+CROP_MODES = ("uniform", "original")
 IMAGE_DTYPES = (torch.uint8,) + FLOAT_DTYPES
 Size = Union[int, Sequence[int]]
 
@@ -86,17 +87,26 @@ def random_crop(images: torch.Tensor, offsets: torch.Tensor, size: Size, *, norm
     return torch.ops.dp_fast.random_crop(images, offsets, h, w, bool(normalize))
 
 
-def random_crop_offsets(n: int, image_hw: Sequence[int], size: Size, *, generator: Optional[torch.Generator] = None,
-                        device=None, original_off_by_one: bool = False) -> torch.Tensor:
+def random_crop_offsets(n: int, image_hw: Sequence[int], size: Size, *, mode: str = "uniform",
+                        generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
     """(N, 2) int64 [top, left] drawn on `device` (no host sync; CUDA-graph safe with the default generator).
 
-    Uniform over all valid offsets 0..H-h and 0..W-w inclusive. original_off_by_one=True reproduces the
-    original code, `(M * rand).long()`, which never draws M = H - h (resp. W - w): offsets 0..M-1 only.
+    mode "uniform": every valid offset 0..H-h and 0..W-w equally likely (torch.randint, top then left).
+    mode "original": the original code's `(M * rand).long()` with M = H - h (resp. W - w), drawn as (N, 1)
+    top then left like the original, which never yields M: offsets 0..M-1 only (docs/numerics.md, "Crop").
     """
     H, W = image_hw
     h, w = _crop_size(size, (H, W))
-    top, left = _draw_offsets(n, H, W, h, w, "original" if original_off_by_one else "uniform", generator, device)
-    return torch.stack([top, left], dim=1)
+    mh, mw = H - h, W - w
+    if mode == "original":
+        top = (mh * torch.rand(n, 1, generator=generator, device=device)).long()
+        left = (mw * torch.rand(n, 1, generator=generator, device=device)).long()
+    elif mode == "uniform":
+        top = torch.randint(0, mh + 1, (n, 1), generator=generator, device=device)
+        left = torch.randint(0, mw + 1, (n, 1), generator=generator, device=device)
+    else:
+        raise ValueError(f"{OP}: crop mode must be one of {list(CROP_MODES)}, got {mode!r}")
+    return torch.cat([top, left], dim=1)
 
 
 def center_crop_offsets(n: int, image_hw: Sequence[int], size: Size, device=None) -> torch.Tensor:

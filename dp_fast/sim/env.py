@@ -2,15 +2,9 @@
 
 `make_env("lift")` (or "can", "square", a robosuite env name, or a robomimic-style `env_args` dict)
 returns a `SimEnv`: a thin wrapper around a robosuite environment (Panda, classic 7-d delta OSC_POSE
-controller) whose observations are named and laid out as in robomimic's hdf5 datasets:
-
-- `agentview_image`, `robot0_eye_in_hand_image`: (H, W, 3) uint8, rows top-to-bottom (robosuite renders
-  OpenGL-style, bottom row first; robomimic stores them flipped, and so do we);
-- `robot0_eef_pos` (3), `robot0_eef_quat` (4, xyzw, queried from the hand body as robomimic datasets
-  were), `robot0_gripper_qpos` (2), a few more `robot0_*` proprioception keys and `object` (the task's
-  object-state vector), all float64.
-
-`obs_to_policy` converts such a dict to the policy's layout (images (3, H, W) uint8, low-dim float32).
+controller) whose observations are named and laid out as in robomimic's hdf5 datasets (see
+`observations`); `obs_to_policy` converts them to the policy's layout. The env_args helpers live in
+`env_args` and are re-exported here.
 
 Rendering is what makes stepping slow (software OpenGL here). `SimEnv.set_cameras(False)` switches the
 camera observables off on a live env (nothing is rendered: ~6 ms a step instead of ~30 ms), and the
@@ -20,147 +14,21 @@ together make rendering ~4x faster than robosuite's defaults) are applied to rob
 from __future__ import annotations
 
 import copy
-import json
-import os
-import platform
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-if platform.system() == "Linux":
-    # Headless by default. Must be set before mujoco / robosuite import an OpenGL backend.
-    os.environ.setdefault("MUJOCO_GL", "egl")
+from .env_args import (DEFAULT_CAMERAS, DEFAULT_SETTINGS, camera_size, controller_config, env_args_for_robosuite,
+                       env_args_from_json, env_name_for, import_robosuite, make_env_args, robosuite_available,
+                       task_for)
+from .observations import POLICY_OBS_KEYS, ROBOT_KEYS, obs_to_policy, robomimic_obs
+from .tasks import TASKS
 
-TASKS: Dict[str, str] = {"lift": "Lift", "can": "PickPlaceCan", "square": "NutAssemblySquare"}
-DEFAULT_CAMERAS = ("agentview", "robot0_eye_in_hand")
-# Proprioception keys kept from robosuite's observation (robomimic dataset names).
-ROBOT_KEYS = (
-    "robot0_eef_pos",
-    "robot0_eef_quat",
-    "robot0_gripper_qpos",
-    "robot0_gripper_qvel",
-    "robot0_joint_pos",
-    "robot0_joint_pos_cos",
-    "robot0_joint_pos_sin",
-    "robot0_joint_vel",
-)
-# The seed policy's observation keys, in feature order.
-POLICY_OBS_KEYS = (
-    "agentview_image",
-    "robot0_eye_in_hand_image",
-    "robot0_eef_pos",
-    "robot0_eef_quat",
-    "robot0_gripper_qpos",
-)
-# This package's settings, recorded in env_args["dp_fast"] (not robosuite kwargs; robomimic ignores them):
-# - offsamples: multisampling of the offscreen buffer. robosuite's models ask for 4; 0 halves the render
-#   time in software OpenGL (edges are not anti-aliased).
-# - reflections: mujoco's reflection pass (the floor / table reflect the scene). Off halves the render
-#   time again; at 84x84 the frames differ by ~0.2-1 intensity levels on average.
-# - model_seed: seed of the env's construction, which draws the model itself (Lift's cube size), so
-#   that every env built from the same env_args has the same model xml. Episodes are seeded
-#   separately (`SimEnv.reset(seed)`).
-# Images are only comparable between envs with the same settings: build evaluation envs from the
-# env_args stored in the dataset.
-DEFAULT_SETTINGS = {"offsamples": 0, "reflections": False, "model_seed": 0}
-
-
-def robosuite_available() -> bool:
-    try:
-        import robosuite  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def _import_robosuite():
-    try:
-        import robosuite
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "dp_fast.sim needs robosuite: pip install 'robosuite==1.5.2' 'mujoco>=3.3,<3.10' "
-            "(or `pip install dp-fast[sim]`)") from e
-    return robosuite
-
-
-def env_name_for(task: str) -> str:
-    """'lift' / 'can' / 'square' (or a robosuite env name) -> robosuite env name."""
-    key = task.lower()
-    if key in TASKS:
-        return TASKS[key]
-    for name in TASKS.values():
-        if task == name:
-            return name
-    raise ValueError(f"unknown task {task!r}: expected one of {sorted(TASKS)} or {sorted(TASKS.values())}")
-
-
-def task_for(env_name: str) -> str:
-    """robosuite env name -> short task alias ('Lift' -> 'lift')."""
-    for k, v in TASKS.items():
-        if v == env_name:
-            return k
-    raise ValueError(f"no task alias for env {env_name!r}")
-
-
-def controller_config() -> dict:
-    """The classic 7-d delta OSC_POSE composite controller config for the Panda (robosuite 1.5)."""
-    robosuite = _import_robosuite()
-    return robosuite.load_composite_controller_config(robot="Panda")
-
-
-def make_env_args(task: str, image_size: int = 84, cameras: Sequence[str] = DEFAULT_CAMERAS,
-                  render: bool = True, sim_settings: Optional[Mapping[str, Any]] = None) -> dict:
-    """A robomimic-style env_args dict: {"env_name", "type": 1, "env_version", "env_kwargs", "dp_fast"}.
-
-    `env_kwargs` can be passed to `robosuite.make` as is (hard_reset is off: a reset re-samples the
-    object poses without rebuilding the model and the render context); "dp_fast" holds this package's
-    settings (see DEFAULT_SETTINGS; `sim_settings` overrides them).
-    """
-    robosuite = _import_robosuite()
-    cameras = list(cameras) if render else []
-    use_cams = bool(render and cameras)
-    env_kwargs = {
-        "has_renderer": False,
-        "has_offscreen_renderer": use_cams,
-        "ignore_done": True,
-        "use_object_obs": True,
-        "use_camera_obs": use_cams,
-        "camera_depths": False,
-        "camera_names": cameras,
-        "camera_heights": int(image_size),
-        "camera_widths": int(image_size),
-        "control_freq": 20,
-        "reward_shaping": False,
-        "reward_scale": 1.0,
-        "robots": ["Panda"],
-        "controller_configs": controller_config(),
-        "hard_reset": False,
-        "lite_physics": True,
-        "render_gpu_device_id": -1,
-    }
-    settings = dict(DEFAULT_SETTINGS)
-    settings.update(sim_settings or {})
-    return {
-        "env_name": env_name_for(task),
-        "type": 1,  # robomimic EnvType.ROBOSUITE_TYPE
-        "env_version": robosuite.__version__,
-        "env_kwargs": env_kwargs,
-        "dp_fast": settings,
-    }
-
-
-def env_args_from_json(text: Union[str, bytes, Mapping]) -> dict:
-    if isinstance(text, Mapping):
-        return copy.deepcopy(dict(text))
-    if isinstance(text, bytes):
-        text = text.decode()
-    return json.loads(text)
-
-
-def camera_size(env_kwargs: Mapping[str, Any]) -> int:
-    """The (first) camera's height in robosuite env kwargs: camera_heights is an int or one per camera."""
-    h = env_kwargs.get("camera_heights", 84)
-    return int(h[0] if isinstance(h, (list, tuple)) else h)
+__all__ = [
+    "SimEnv", "make_env", "obs_to_policy", "make_env_args", "env_args_for_robosuite", "env_args_from_json",
+    "env_name_for", "task_for", "controller_config", "camera_size", "robosuite_available", "import_robosuite",
+    "DEFAULT_CAMERAS", "DEFAULT_SETTINGS", "POLICY_OBS_KEYS", "ROBOT_KEYS", "TASKS",
+]
 
 
 def make_env(task: Union[str, Mapping[str, Any]], image_size: int = 84,
@@ -173,29 +41,7 @@ def make_env(task: Union[str, Mapping[str, Any]], image_size: int = 84,
     (e.g. read from a robomimic dataset) work too as long as their env_kwargs are valid for robosuite 1.5.
     """
     if isinstance(task, (Mapping, bytes)) or (isinstance(task, str) and task.lstrip().startswith("{")):
-        env_args = env_args_from_json(task)
-        settings = dict(DEFAULT_SETTINGS)
-        settings.update(env_args.get("dp_fast") or {})
-        settings.update(sim_settings or {})
-        env_args["dp_fast"] = settings
-        kw = env_args["env_kwargs"]
-        cc = kw.get("controller_configs")
-        if not isinstance(cc, Mapping) or "body_parts" not in cc:
-            # robomimic files from robosuite <= 1.4 store {"type": "OSC_POSE", ...}, which 1.5 ignores
-            kw["controller_configs"] = controller_config()
-        # robosuite's hard reset rebuilds the sim and its GL context at every reset; the old context is
-        # freed later by a finalizer that releases the thread's current one (blank frames)
-        kw["hard_reset"] = False
-        if not render:
-            kw.update(has_offscreen_renderer=False, use_camera_obs=False, camera_names=[])
-        else:
-            # A robomimic file may only list cameras in camera_names; rendering needs the renderer on.
-            cams = kw.get("camera_names") or []
-            if isinstance(cams, str):
-                cams = [cams]
-            kw["camera_names"] = list(cams)
-            kw["use_camera_obs"] = bool(cams)
-            kw["has_offscreen_renderer"] = bool(cams)
+        env_args = env_args_for_robosuite(task, render=render, sim_settings=sim_settings)
     else:
         env_args = make_env_args(task, image_size=image_size, cameras=cameras, render=render,
                                  sim_settings=sim_settings)
@@ -210,7 +56,7 @@ class SimEnv:
     """
 
     def __init__(self, env_args: Mapping[str, Any], seed: Optional[int] = None):
-        robosuite = _import_robosuite()
+        robosuite = import_robosuite()
         from robosuite import macros
 
         self.env_args = copy.deepcopy(dict(env_args))
@@ -334,17 +180,7 @@ class SimEnv:
         return self._convert(raw)
 
     def _convert(self, raw: Mapping[str, Any]) -> Dict[str, np.ndarray]:
-        obs: Dict[str, np.ndarray] = {}
-        if self._cameras_on:
-            for cam in self._active_cameras:
-                img = raw[f"{cam}_image"]
-                obs[f"{cam}_image"] = np.ascontiguousarray(img[::-1] if self._flip else img)
-        for k in ROBOT_KEYS:
-            if k in raw:
-                obs[k] = np.array(raw[k], dtype=np.float64)
-        if "object-state" in raw:
-            obs["object"] = np.array(raw["object-state"], dtype=np.float64)
-        return obs
+        return robomimic_obs(raw, self._active_cameras if self._cameras_on else (), self._flip)
 
     def reset(self, seed: Optional[int] = None) -> Dict[str, np.ndarray]:
         """New episode. With `seed`, the initial state (object placement, joint noise) is a function of
@@ -487,22 +323,3 @@ class SimEnv:
         bid = self.env.sim.model.body_name2id(body)
         return (np.array(self.env.sim.data.body_xpos[bid]),
                 np.array(self.env.sim.data.body_xmat[bid]).reshape(3, 3))
-
-
-def obs_to_policy(obs: Mapping[str, np.ndarray], keys: Optional[Iterable[str]] = POLICY_OBS_KEYS,
-                  image_dtype: str = "uint8") -> Dict[str, np.ndarray]:
-    """robomimic-layout obs dict -> the policy's layout: images (3, H, W) (uint8, or float32 in [0, 1]
-    with image_dtype="float32"), low-dim float32. Works on a single obs or a stacked (T, ...) one.
-    `keys=None` converts every key."""
-    out = {}
-    for k in (obs.keys() if keys is None else keys):
-        x = np.asarray(obs[k])
-        if k.endswith("_image"):
-            x = np.moveaxis(x, -1, -3)
-            x = np.ascontiguousarray(x)
-            if image_dtype != "uint8":
-                x = x.astype(np.float32) / 255.0
-        else:
-            x = x.astype(np.float32)
-        out[k] = x
-    return out

@@ -6,8 +6,8 @@
 
 With --dataset the envs are built from the file's env_args (the cameras and render settings the policy
 was trained on) and --train-episodes start from its demos' first states; otherwise --task names the
-task. Test episodes use seeds --seed, --seed + 1, ... See dp_fast.sim.runner for the semantics,
-including the control-rate mode (--control-hz, --async).
+task. Test episodes use seeds --seed, --seed + 1, ... See dp_fast.sim.runner for the semantics and
+dp_fast.sim.timing for the control-rate mode (--control-hz, --async).
 """
 from __future__ import annotations
 
@@ -17,7 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from .env import TASKS
+import torch
+
+from .. import load_policy
+from .runner import run_rollouts
+from .tasks import TASKS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -31,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--envs", type=int, default=2, help="parallel env worker processes (~0.3-1 GB each)")
     parser.add_argument("--video", default=None, metavar="DIR", help="write mp4 videos of the first episodes here")
     parser.add_argument("--n-videos", type=int, default=1, help="videos per split (with --video)")
-    parser.add_argument("--max-steps", type=int, default=None, help="episode step limit (default 400)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="episode step limit (default: the task's, 400 for lift / can / square)")
     parser.add_argument("--backend", default=None, help="policy backend (reference, cpu, triton, cuda, auto)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--control-hz", type=float, default=None,
@@ -47,14 +52,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def format_report(m: Dict[str, Any]) -> str:
-    lines = [f"{'split':6s} {'episodes':>8s} {'success':>9s} {'rate':>7s} {'mean score':>10s} {'mean len':>8s}"]
+    lines = [f"{'split':6s} {'episodes':>8s} {'success':>9s} {'rate':>7s} {'95% interval':>15s} {'mean score':>10s} "
+             f"{'mean len':>8s}"]
     for split in ("train", "test"):
         if f"{split}/mean_score" not in m:
             continue
         succ = m[f"{split}/successes"]
         lens = m[f"{split}/lengths"]
+        lo, hi = m[f"{split}/success_ci95"]
         lines.append(f"{split:6s} {len(succ):8d} {sum(succ):4d}/{len(succ):<4d} {m[f'{split}/success_rate']:7.1%} "
-                     f"{m[f'{split}/mean_score']:10.3f} {sum(lens) / max(1, len(lens)):8.1f}")
+                     f"{f'[{lo:.1%}, {hi:.1%}]':>15s} {m[f'{split}/mean_score']:10.3f} "
+                     f"{sum(lens) / max(1, len(lens)):8.1f}")
     if m.get("n_policy_calls"):
         lines.append(f"policy latency over {m['n_policy_calls']} calls (mean batch {m['mean_batch']:.1f}): "
                      f"p50 {m['latency_ms_p50']:.1f} ms  p90 {m['latency_ms_p90']:.1f} ms  "
@@ -77,11 +85,6 @@ def format_report(m: Dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from .. import load_policy
-    from .runner import run_rollouts
-
     if args.train_episodes > 0 and not args.dataset:
         print("--train-episodes needs --dataset", file=sys.stderr)
         return 2

@@ -18,6 +18,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from ..atomic_file import atomic_write
+
 
 def ffmpeg_exe() -> Optional[str]:
     """Path of an ffmpeg binary: imageio-ffmpeg's, else one on PATH, else None."""
@@ -62,20 +64,15 @@ def write_video(path: Union[str, os.PathLike], frames: Union[np.ndarray, Sequenc
     if h % 2 or w % 2:
         arr = np.pad(arr, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         h, w = arr.shape[1:3]
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
-    cmd = [exe, "-y", "-loglevel", "error", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{w}x{h}",
-           "-pix_fmt", "rgb24", "-r", f"{float(fps):g}", "-i", "-", "-an", "-vcodec", "libx264",
-           "-pix_fmt", "yuv420p", "-crf", str(int(crf)), "-preset", "veryfast", str(tmp)]
-    try:
+    with atomic_write(path, suffix=".tmp.mp4") as tmp:  # ffmpeg picks the container from the name
+        cmd = [exe, "-y", "-loglevel", "error", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{w}x{h}",
+               "-pix_fmt", "rgb24", "-r", f"{float(fps):g}", "-i", "-", "-an", "-vcodec", "libx264",
+               "-pix_fmt", "yuv420p", "-crf", str(int(crf)), "-preset", "veryfast", str(tmp)]
         proc = subprocess.run(cmd, input=arr.tobytes(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"ffmpeg failed writing {path} ({proc.returncode}): "
                                f"{proc.stderr.decode(errors='replace').strip()[-500:]}")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return str(path)
 
 

@@ -7,8 +7,12 @@ Running the same command again on the same --out resumes where the previous run 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
+from ..data.robomimic import DatasetError
 from .config import PRESETS, build_config, known_keys, parse_overrides
+from .trainer import Trainer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,8 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import json
-    import sys
 
     if args.list_keys:
         print("\n".join(known_keys()))
@@ -43,8 +45,6 @@ def run(args) -> int:
         print(f"dp-fast train: {msg}", file=sys.stderr)
         return 2
 
-    from ..data.robomimic import DatasetError
-    from .trainer import Trainer
 
     try:
         trainer = Trainer(cfg, args.out, quiet=args.quiet)
@@ -60,8 +60,6 @@ def run(args) -> int:
         print(f"policy: {pc.n_layer} layers x {pc.n_emb}, vision_width {pc.vision_width}, crop {pc.crop_shape}, "
               f"{pc.scheduler.kind} {pc.inference_steps} inference steps; device {trainer.device}; "
               f"{trainer.steps_per_epoch} batches/epoch")
-        if trainer.fast_loss_skip_reason:
-            print(f"training.use_fast_ops: not used ({trainer.fast_loss_skip_reason}); plain compute_loss")
         if trainer.rollout_skip_reason:
             print(f"rollouts will be skipped ({trainer.rollout_skip_reason})")
     (trainer.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))

@@ -5,7 +5,7 @@ Section and field names follow the original `train_diffusion_transformer_hybrid_
 override such as `training.num_epochs=5` means what it means there. Policy settings are PolicyConfig
 fields (`policy.n_layer=4`, `policy.scheduler.kind=ddim`); a few original spellings are aliases
 (`optimizer.lr`, `policy.noise_scheduler.*`, top-level `horizon`, `task.dataset.*`).
-Defaults are the seed configuration (REFERENCE.md, "Seed configuration").
+Defaults are the seed configuration (docs/numerics.md, "Seed configuration").
 """
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import h5py
+import numpy as np
+
 from ..config import SEED_SHAPE_META, PolicyConfig, SchedulerConfig
+from ..data.robomimic import DatasetError, _open, sorted_demo_names
 
 
 @dataclass
@@ -44,7 +48,7 @@ class TrainingSection:
     max_train_minutes: Optional[float] = None  # stop (and checkpoint) after this wall time, per invocation
     precision: str = "fp32"           # fp32 | bf16 (autocast for the forward pass)
     compile: bool = False             # torch.compile the policy's denoiser and obs encoder for training
-    use_fast_ops: bool = False        # loss via dp_fast.ops random_crop + add_noise (train/fast_loss.py) when present
+    use_fast_ops: bool = False        # the loss's crop + add_noise on the policy's backend ops (else plain PyTorch)
     channels_last: bool = False
     # torch CPU threads (None: torch's default, one per core). On a CPU shared with other jobs, 1 avoids
     # OpenMP threads waiting on descheduled peers (measured here: 0.3 s/step with 1 thread, ~7 s with 2).
@@ -144,7 +148,7 @@ SEED_OBS_KEYS = list(SEED_SHAPE_META["obs"])
 # The wrist camera: in Lift it sees the cube large and right where the hand must go, which a small
 # encoder learns in a few thousand steps; agentview (the cube ~4 px at 84 px) learns far slower
 # (benchmarks/RESULTS.md, "End-to-end demo").
-LIFT_CPU_KEYS = ["robot0_eye_in_hand_image", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"]
+WRIST_CPU_KEYS = ["robot0_eye_in_hand_image", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"]
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     # the seed configuration (can / square image, both cameras, 8 x 256 transformer)
@@ -156,7 +160,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # One thread: on a shared 2-core machine two OpenMP threads can be ~20x slower than one; on an idle
     # machine training.num_threads=2 is ~1.3x faster (scripts/demo.sh sets it).
     "cpu": {
-        "task.obs_keys": LIFT_CPU_KEYS,
+        "task.obs_keys": WRIST_CPU_KEYS,
         "policy.vision_width": 16, "policy.n_layer": 4, "policy.n_emb": 128, "policy.n_head": 4,
         "policy.p_drop_attn": 0.0, "policy.horizon": 16,
         "policy.scheduler.kind": "ddim", "policy.num_inference_steps": 10,
@@ -168,6 +172,14 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "training.num_threads": 1,
     },
 }
+# The seed's own tasks on a 2-core CPU (scripts/task.sh): the Lift preset's model, cameras and sampler, more
+# steps for the longer tasks (Can: grasp a can anywhere on the table, place it in a fixed bin; Square: grasp
+# a nut by its handle, turn and drop it over a fixed peg). The wrist camera sees the object during the grasp;
+# the bins and the peg do not move, so proprioception locates them. Budgets: Can <= 60 min and Square
+# <= 120 min of training at ~7 steps/s (2 threads, idle machine); benchmarks/RESULTS.md ("Seed tasks")
+# has what was measured.
+PRESETS["cpu-can"] = {**PRESETS["cpu"], "training.max_total_steps": 20000, "training.checkpoint_every_steps": 500}
+PRESETS["cpu-square"] = {**PRESETS["cpu"], "training.max_total_steps": 40000, "training.checkpoint_every_steps": 500}
 
 ALIASES = {
     "optimizer.lr": "optimizer.learning_rate",
@@ -331,11 +343,6 @@ def shape_meta_from_file(path, obs_keys: Optional[Sequence[str]] = None) -> Dict
     """shape_meta from the first demo of a robomimic hdf5 file: uint8 (N, H, W, C) arrays are rgb
     [C, H, W], (N, D) numeric arrays low_dim [D]. Keys: obs_keys in that order; default the seed's
     keys present in the file (seed order), or every usable key when none of them is there."""
-    import h5py
-    import numpy as np
-
-    from ..data.robomimic import DatasetError, _open, sorted_demo_names
-
     with _open(str(path)) as f:
         if "data" not in f:
             raise DatasetError(f"{path}: no 'data' group (robomimic layout is data/demo_<i>/...)")

@@ -7,13 +7,14 @@ learning rate (green), with min/max labels in a tiny bitmap font.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import zlib
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
+
+from ..atomic_file import atomic_write
 
 
 class JsonLinesLog:
@@ -55,7 +56,7 @@ def read_jsonl(path) -> List[Dict]:
 
 # ---------------------------------------------------------------------- PNG
 def write_png(path, rgb: np.ndarray) -> None:
-    """rgb: (H, W, 3) uint8 -> PNG file (written to a temporary name and renamed)."""
+    """rgb: (H, W, 3) uint8 -> PNG file, written atomically."""
     h, w, _ = rgb.shape
     raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
 
@@ -64,10 +65,8 @@ def write_png(path, rgb: np.ndarray) -> None:
 
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
     png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(png)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(png)
 
 
 # 3x5 glyphs, rows top to bottom, 3 bits each

@@ -12,6 +12,7 @@ Differences from the original, on purpose:
 """
 from __future__ import annotations
 
+import importlib.util
 import random
 import time
 from contextlib import nullcontext
@@ -25,11 +26,12 @@ import torch.nn.functional as F
 from ..data import BatchIterator, RobomimicImageDataset
 from ..data.robomimic import load_robomimic_hdf5
 from ..policy import DiffusionPolicy
-from .checkpoints import CheckpointManager, rng_state, set_rng_state, test_kill
+from ..sim.runner import run_rollouts
 from .config import TrainConfig, policy_config_for, shape_meta_from_file
 from .ema import EMAModel
 from .log import JsonLinesLog, plot_curves
 from .lr import LRSchedule
+from .resume import CheckpointManager, rng_state, set_rng_state
 
 
 # batch losses are read back from the device (one sync) every this many batches, and at every save
@@ -58,7 +60,7 @@ def make_optimizer(policy: DiffusionPolicy, cfg) -> torch.optim.AdamW:
 
 def compile_for_training(policy: DiffusionPolicy) -> None:
     """torch.compile the denoiser and each camera's ResNet in place (state-dict keys unchanged); the
-    crops stay eager, so both compute_loss and the dp_fast.ops loss path run the compiled networks."""
+    crops stay eager (the dp_fast.ops crop runs outside the compiled networks)."""
     policy.model.compile()
     for net in policy.obs_encoder.obs_nets.values():
         net.compile()
@@ -102,11 +104,8 @@ class Trainer:
 
         self.policy = DiffusionPolicy(pc)
         self.policy.set_normalizer(self.dataset.get_normalizer())
-        self.fast_loss, self.fast_loss_skip_reason = False, None
-        if t.use_fast_ops:
-            from .fast_loss import supports
-            self.fast_loss_skip_reason = supports(self.policy)
-            self.fast_loss = self.fast_loss_skip_reason is None
+        # the loss's crop and forward noising: the policy's resolved ops, or plain PyTorch (the default)
+        self.loss_backend = None if t.use_fast_ops else "reference"
         self.policy.to(self.device)
         if t.channels_last:
             self.policy.obs_encoder.to(memory_format=torch.channels_last)
@@ -226,14 +225,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ rollouts
     def _find_runner(self):
-        import importlib.util
-
         if self.cfg.training.rollout_every <= 0:
             return None, "training.rollout_every=0"
-        try:
-            from ..sim.runner import run_rollouts
-        except Exception as e:  # module not there yet, or its dependencies missing
-            return None, f"{type(e).__name__}: {e}"
+        # the simulator is the optional `sim` extra (importing dp_fast.sim.runner does not import it)
         missing = [m for m in ("robosuite", "mujoco") if importlib.util.find_spec(m) is None]
         if missing:
             return None, f"{' and '.join(missing)} not installed (pip install -e '.[sim]')"
@@ -269,10 +263,7 @@ class Trainer:
         return nullcontext()
 
     def loss(self, policy, batch) -> torch.Tensor:
-        if self.fast_loss:
-            from .fast_loss import fast_compute_loss
-            return fast_compute_loss(policy, batch)
-        return policy.compute_loss(batch)
+        return policy.compute_loss(batch, backend=self.loss_backend)
 
     def _stop_reason(self, t0: Optional[float]) -> Optional[str]:
         """Why to stop now, if at all; t0=None checks the step budget only (every run trains >= 1 batch)."""
@@ -322,7 +313,6 @@ class Trainer:
                 if len(self._pending) >= LOSS_READBACK_EVERY:
                     bar.set_postfix(loss=f"{self._flush_losses():.4f}", refresh=False)
                 bar.update(1)
-                test_kill("step", self.global_step)
                 stop = self._stop_reason(t0)
                 if stop is not None:
                     break

@@ -3,7 +3,6 @@ float64 oracle and torch SDPA, at the seed shapes and larger ones; CUDA-graph ca
 
 Marked `gpu` (skipped without a CUDA device by tests/conftest.py). Not yet run on a GPU when written.
 """
-import importlib
 import math
 
 import pytest
@@ -11,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from dp_fast.models.transformer import additive_causal_mask, additive_memory_mask
-from dp_fast.ops.attention import attention, attention_ref, resolve_backend
+from dp_fast.ops.attention import attention, attention_ref
 from tests.ops._helpers import seed_of
 
 pytestmark = pytest.mark.gpu
-Bk = importlib.import_module("dp_fast.backends")
+import dp_fast.backends as Bk
 FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 # (B, H, T, d): the seed (B, 4, 10, 64), odd and full tiles, many programs
@@ -33,7 +32,7 @@ def qkv(b, h, t, s, d, dtype, seed):
 
 
 def naive_low_precision(q, k, v, mask=None, is_causal=False):
-    """Every intermediate in q's dtype: the yardstick of low-precision error (ARCHITECTURE.md)."""
+    """Every intermediate in q's dtype: the yardstick of low-precision error (docs/numerics.md, "Tolerances")."""
     scores = (q @ k.transpose(-1, -2)) * (1 / math.sqrt(q.shape[-1]))
     if is_causal:
         t, s = scores.shape[-2:]
@@ -68,7 +67,7 @@ def check(out, q, k, v, mask, is_causal):
 
 
 def test_auto_is_triton_on_cuda():
-    assert resolve_backend("auto", torch.device("cuda")) == "triton"
+    assert Bk.resolve_op_backend("attention", "auto", torch.device("cuda")) == "triton"
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)

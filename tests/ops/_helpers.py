@@ -1,16 +1,15 @@
 """Shared by tests/ops: which backends can run here, tolerances, seeds."""
 from __future__ import annotations
 
-import importlib
 import zlib
 
 import pytest
 import torch
 
-B = importlib.import_module("dp_fast.backends")  # the module (dp_fast.backends the attribute is a function)
+import dp_fast.backends as B
 
 FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# ARCHITECTURE.md: fp32 elementwise 1e-5; bf16 / fp16 1e-2 relative.
+# docs/numerics.md ("Tolerances"): fp32 elementwise 1e-5; bf16 / fp16 1e-2 relative.
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=1e-2, atol=1e-5),
        torch.float16: dict(rtol=1e-2, atol=1e-5)}
 

@@ -48,8 +48,8 @@ def test_is_the_scheduler_forward_process(backend):
 def test_large_batch_multithreaded():
     """Enough work for at::parallel_for to split it (C++ CPU only: too big for the Triton interpreter)."""
     backend = "cpu"
-    if not B.backends()[backend]["available"]:
-        pytest.skip(B.backends()[backend]["reason"])
+    if not B.available_backends()[backend]["available"]:
+        pytest.skip(B.available_backends()[backend]["reason"])
     x0, n, t = inputs((64, 16, 40), torch.float32, 2)
     assert_close(add_noise(x0, n, t, ABAR, backend=backend), add_noise_ref(x0, n, t, ABAR))
 
@@ -114,7 +114,7 @@ def test_named_backend_never_falls_back():
 
 
 def test_opcheck_cpu():
-    if not B.backends()["cpu"]["available"]:
-        pytest.skip(B.backends()["cpu"]["reason"])
+    if not B.available_backends()["cpu"]["available"]:
+        pytest.skip(B.available_backends()["cpu"]["reason"])
     x0, n, t = inputs((7, 16, 10), torch.float32, 8)
     torch.library.opcheck(torch.ops.dp_fast.add_noise.default, (x0, n, t, ABAR))

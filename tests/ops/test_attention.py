@@ -1,10 +1,9 @@
 """dp_fast.ops.attention: the reference against the transformer's attention and torch SDPA; the Triton kernel
 (interpreter on CPU) against the reference; input validation and backend resolution.
 
-Tolerances (ARCHITECTURE.md): float32 within 1e-5 of attention_ref; bfloat16 / float16: the error against a
+Tolerances (docs/numerics.md, "Tolerances"): float32 within 1e-5 of attention_ref; bfloat16 / float16: the error against a
 float64 oracle is at most twice that of the same attention computed naively in the low precision.
 """
-import importlib
 import math
 
 import pytest
@@ -12,15 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from dp_fast.models.transformer import additive_causal_mask, additive_memory_mask, attention_heads
-from dp_fast.ops.attention import attention, attention_ref, resolve_backend
+from dp_fast.ops.attention import attention, attention_ref
 from tests.ops._helpers import FLOAT_DTYPES, seed_of
 
-Bk = importlib.import_module("dp_fast.backends")
+import dp_fast.backends as Bk
 
 
 def _triton_param():
     try:
-        resolve_backend("triton", torch.device("cpu"))
+        Bk.resolve_op_backend("attention", "triton", torch.device("cpu"))
         marks = ()
     except Bk.BackendUnavailable as e:
         marks = (pytest.mark.skip(reason=str(e)),)
@@ -267,20 +266,20 @@ def test_triton_needs_unit_last_stride(backend):
 def test_backend_resolution(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.delenv("DP_FAST_BACKEND", raising=False)
-    assert resolve_backend(None, cpu) == "reference"          # auto never picks the interpreter
-    assert resolve_backend("auto", cpu) == "reference"
+    assert Bk.resolve_op_backend("attention", None, cpu) == "reference"          # auto never picks the interpreter
+    assert Bk.resolve_op_backend("attention", "auto", cpu) == "reference"
     monkeypatch.setenv("DP_FAST_BACKEND", "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert resolve_backend(None, cpu) == "triton"
-    assert resolve_backend("reference", cpu) == "reference"   # the call's keyword wins over the env var
+    assert Bk.resolve_op_backend("attention", None, cpu) == "triton"
+    assert Bk.resolve_op_backend("attention", "reference", cpu) == "reference"   # the call's keyword wins over the env var
     for name in ("cpu", "cuda"):
-        with pytest.raises(Bk.BackendUnavailable, match=f"no '{name}' implementation of attention"):
-            resolve_backend(name, cpu)
+        with pytest.raises(Bk.BackendUnavailable, match=f"attention: there is no '{name}' implementation"):
+            Bk.resolve_op_backend("attention", name, cpu)
     with pytest.raises(ValueError, match="backend must be one of"):
-        resolve_backend("cudnn", cpu)
+        Bk.resolve_op_backend("attention", "cudnn", cpu)
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(Bk.BackendUnavailable, match="needs the Triton interpreter"):
-        resolve_backend("triton", cpu)
+        Bk.resolve_op_backend("attention", "triton", cpu)
     q, k, v = _good()
     with pytest.raises(Bk.BackendUnavailable, match="needs the Triton interpreter"):
         attention(q, k, v, backend="triton")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dp_fast import _ext
+from dp_fast.schedulers import step_from_table
 
 pytestmark = pytest.mark.skipif(not _ext.available(), reason=_ext.unavailable_reason())
 
@@ -138,14 +139,6 @@ def test_opcheck_cpu():
     torch.library.opcheck(torch.ops.dp_fast.ddpm_step.default, (x, m, n, table, torch.tensor(2)))
 
 
-def _step_from_table():
-    schedulers = pytest.importorskip("dp_fast.schedulers")
-    fn = getattr(schedulers, "step_from_table", None)
-    if fn is None:
-        pytest.skip("dp_fast.schedulers.step_from_table does not exist yet")
-    return fn
-
-
 def _scheduler_tables():
     """Tables the library really builds: {name: (K, 10) float32} for DDPM and DDIM variants."""
     schedulers = pytest.importorskip("dp_fast.schedulers")
@@ -163,7 +156,6 @@ def _scheduler_tables():
 def test_cpu_matches_schedulers_step_from_table(dtype):
     """The op and the library's pure-PyTorch reference compute the same step, on random tables and
     on the DDPM / DDIM tables the schedulers build."""
-    step_from_table = _step_from_table()
     x, m, n, random_table = make_inputs((7, 16, 10), dtype, seed=3)
     tables = {"random": random_table, **_scheduler_tables()}
     for name, table in tables.items():
@@ -275,7 +267,6 @@ def test_opcheck_cuda():
 @pytest.mark.gpu
 def test_cuda_matches_schedulers_step_from_table():
     _require_cuda_kernels()
-    step_from_table = _step_from_table()
     x, m, n, random_table = make_inputs((7, 16, 10), torch.float32, device="cuda", seed=3)
     tables = {"random": random_table, **{k: t.cuda() for k, t in _scheduler_tables().items()}}
     for name, table in tables.items():

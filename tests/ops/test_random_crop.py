@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from dp_fast.models.vision import crop_ref
 from dp_fast.ops import center_crop, center_crop_offsets, random_crop, random_crop_offsets, random_crop_ref
 from tests.ops._helpers import B, all_backends, fast_backends, seed_of
 
@@ -34,16 +33,22 @@ def test_given_offsets_bit_exact(backend, dtype, case):
         assert torch.equal(out, ref)
 
 
+def slice_crop(x, off, h, w):
+    """The crop written as plain slicing, one image at a time."""
+    return torch.stack([x[i, :, t:t + h, l:l + w] for i, (t, l) in enumerate(off.tolist())])
+
+
 def test_reference_is_crop_plus_normalization():
-    """The reference = vision.crop_ref of the float image in [0, 1], then 2 v - 1."""
+    """The reference = a slice of the float image in [0, 1], then 2 v - 1."""
     x = images(3, 3, 20, 24, torch.uint8, 1)
     off = torch.tensor([[0, 0], [7, 7], [3, 5]])
-    want = crop_ref(x.float() / 255.0, off[:, 0], off[:, 1], 13, 17) * 2.0 - 1.0
+    want = slice_crop(x.float() / 255.0, off, 13, 17) * 2.0 - 1.0
     assert torch.equal(random_crop_ref(x, off, (13, 17)), want)
     got = random_crop_ref(x, off, (13, 17))
     assert got.min() >= -1 and got.max() <= 1 and got.min() < -0.99 and got.max() > 0.99
-    assert torch.equal(random_crop_ref(x, off, (13, 17), normalize=False), crop_ref(x.float() / 255.0, off[:, 0],
-                                                                                      off[:, 1], 13, 17))
+    assert torch.equal(random_crop_ref(x, off, (13, 17), normalize=False), slice_crop(x.float() / 255.0, off, 13, 17))
+    xf = torch.randn(3, 2, 20, 24)   # float input, normalize=False: the plain crop of the values given
+    assert torch.equal(random_crop_ref(xf, off, (13, 17), normalize=False), slice_crop(xf, off, 13, 17))
 
 
 @pytest.mark.parametrize("backend", all_backends())
@@ -69,7 +74,7 @@ def test_every_offset_reachable(case):
         assert counts.numel() == m + 1 and (counts > 0).all(), counts
         expected = n / (m + 1)
         assert (counts - expected).abs().max() < 5 * expected ** 0.5, counts  # ~5 sigma
-    orig = random_crop_offsets(n, (H, W), (h, w), generator=gen, original_off_by_one=True)
+    orig = random_crop_offsets(n, (H, W), (h, w), generator=gen, mode="original")
     for col, m in ((0, H - h), (1, W - w)):
         counts = torch.bincount(orig[:, col], minlength=m + 1)
         assert counts[m] == 0 and (counts[:m] > 0).all(), counts
@@ -83,8 +88,8 @@ def test_offsets_full_size_crop_and_device():
 def test_large_batch():
     """The seed training batch, 64 x 2 cameras (C++ CPU only: too big for the Triton interpreter)."""
     backend = "cpu"
-    if not B.backends()[backend]["available"]:
-        pytest.skip(B.backends()[backend]["reason"])
+    if not B.available_backends()[backend]["available"]:
+        pytest.skip(B.available_backends()[backend]["reason"])
     x = images(64 * 2, 3, 84, 84, torch.uint8, 3)
     off = random_crop_offsets(128, (84, 84), 76, generator=torch.Generator().manual_seed(0))
     assert torch.equal(random_crop(x, off, 76, backend=backend), random_crop_ref(x, off, 76))
@@ -141,8 +146,8 @@ def test_named_backend_never_falls_back():
 
 
 def test_opcheck_cpu():
-    if not B.backends()["cpu"]["available"]:
-        pytest.skip(B.backends()["cpu"]["reason"])
+    if not B.available_backends()["cpu"]["available"]:
+        pytest.skip(B.available_backends()["cpu"]["reason"])
     x = images(3, 3, 20, 24, torch.uint8, 8)
     off = torch.tensor([[0, 0], [7, 7], [3, 5]])
     for args in ((x, off, 13, 17, True), (x.float() / 255, off, 13, 17, False)):

@@ -5,7 +5,8 @@ import pytest
 pytest.importorskip("robosuite", reason="robosuite not installed (pip install 'dp-fast[sim]')")
 
 from dp_fast.sim.env import make_env  # noqa: E402
-from dp_fast.sim.experts import MAX_STEPS, make_expert, run_expert  # noqa: E402
+from dp_fast.sim.experts import make_expert, run_expert  # noqa: E402
+from dp_fast.sim.tasks import expert_max_steps  # noqa: E402
 
 pytestmark = pytest.mark.sim
 
@@ -31,7 +32,7 @@ def test_expert_solves_task(env):
         res = _episode(env, seed)
         assert res["success"], (env.task, seed, res["steps"])
         a = res["actions"]
-        assert a.shape == (res["steps"], 7) and res["steps"] <= MAX_STEPS[env.task]
+        assert a.shape == (res["steps"], 7) and res["steps"] <= expert_max_steps(env.task)
         assert np.all(np.abs(a) <= 1.0)
         assert res["rewards"][-1] == 1.0
 

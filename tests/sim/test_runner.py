@@ -4,6 +4,8 @@ Policies here act on low-dim observations (no cameras: ~6 ms an env step), so th
 videos render agentview for the recorded episodes only.
 """
 import math
+import os
+import signal
 import time
 
 import numpy as np
@@ -15,7 +17,9 @@ torch = pytest.importorskip("torch")
 
 from dp_fast.sim.env import make_env, make_env_args  # noqa: E402
 from dp_fast.sim.experts import down_rotation, gripper_yaw, nearest_equivalent, rotvec, yaw_of  # noqa: E402
-from dp_fast.sim.runner import VIDEO_MIN_SIZE, _env_args_for, _lag, run_rollouts  # noqa: E402
+from dp_fast.sim import workers  # noqa: E402
+from dp_fast.sim.episodes import VIDEO_MIN_SIZE, env_args_for  # noqa: E402
+from dp_fast.sim.runner import run_rollouts  # noqa: E402
 from dp_fast.sim.video import read_video  # noqa: E402
 
 pytestmark = pytest.mark.sim
@@ -137,11 +141,11 @@ def test_video_camera_renders_at_video_size_only_when_asked():
     """A 48 px wrist-camera policy: the env renders the wrist camera at 48 px every step and agentview
     at VIDEO_MIN_SIZE only while a video episode asks for it."""
     meta = {"robot0_eye_in_hand_image": {"shape": [3, 48, 48], "type": "rgb"}, "robot0_eef_pos": {"shape": [3]}}
-    args = _env_args_for(meta, "lift", None, None, video=True)
+    args = env_args_for(meta, "lift", None, None, video=True)
     kw = args["env_kwargs"]
     assert kw["camera_names"] == ["robot0_eye_in_hand", "agentview"]
     assert kw["camera_heights"] == [48, VIDEO_MIN_SIZE] and kw["camera_widths"] == [48, VIDEO_MIN_SIZE]
-    assert _env_args_for(meta, "lift", None, None, video=False)["env_kwargs"]["camera_names"] == ["robot0_eye_in_hand"]
+    assert env_args_for(meta, "lift", None, None, video=False)["env_kwargs"]["camera_names"] == ["robot0_eye_in_hand"]
     with make_env(args) as env:
         env.set_cameras(True, ["robot0_eye_in_hand"])
         obs = env.reset(seed=3)
@@ -154,15 +158,43 @@ def test_video_camera_renders_at_video_size_only_when_asked():
             env.set_cameras(True, ["frontview"])
 
 
-def test_faults_are_reported_and_workers_replaced():
-    faults = {0: {"crash_at_step": 3}, 1: {"hang_at_step": 2}, 2: {"raise_at_step": 1}}
+class FaultyHandle(workers.WorkerHandle):
+    """A worker handle that makes chosen episodes fail, from the parent side: at the k-th step command
+    of episode i it crashes the worker (SIGKILL with the command unread), hangs it (SIGSTOP) or sends it
+    actions it cannot parse (the env worker raises). The worker process itself runs unchanged code."""
+
+    faults = {}  # episode index -> (kind, k)
+
+    def send(self, msg):
+        cmd, arg = msg
+        if cmd == "reset":
+            self.episode, self.n_steps = arg["index"], 0
+        elif cmd == "step":
+            kind, k = self.faults.get(self.episode, (None, None))
+            self.n_steps += 1
+            if self.n_steps - 1 == k:
+                if kind == "raise":
+                    msg = ("step", ("injected fault", arg[1]))
+                else:
+                    os.kill(self.proc.pid, signal.SIGSTOP)  # the worker cannot take the command
+                    super().send(msg)
+                    if kind == "crash":
+                        os.kill(self.proc.pid, signal.SIGKILL)
+                    return
+        super().send(msg)
+
+
+def test_faults_are_reported_and_workers_replaced(monkeypatch):
+    monkeypatch.setattr(FaultyHandle, "faults", {0: ("crash", 1), 1: ("hang", 0), 2: ("raise", 0)})
+    monkeypatch.setattr(workers, "WorkerHandle", FaultyHandle)
     t0 = time.perf_counter()
     m = run_rollouts(ScriptedLiftPolicy(), task="lift", n_test=4, n_envs=2, max_steps=16, timeout_s=3.0,
-                     fault_injection=faults, progress=False)
+                     progress=False)
     assert time.perf_counter() - t0 < 60
     errs = {e["episode"]: e["error"] for e in m["errors"]}
     assert sorted(errs) == [0, 1, 2], m["errors"]
-    assert "died" in errs[0] and "did not answer" in errs[1] and "injected fault" in errs[2]
+    assert "died" in errs[0] and "did not answer" in errs[1]
+    assert "worker raised" in errs[2] and "injected fault" in errs[2]
     assert m["worker_restarts"] == 3
     assert m["test/scores"][:3] == [0.0, 0.0, 0.0] and m["test/lengths"][3] == 16  # the last one ran
     assert m["n_episodes"] == 4
@@ -173,10 +205,6 @@ def test_policy_exception_fails_its_batch_only():
                      warmup=False, progress=False)
     assert len(m["errors"]) == 1 and "policy exploded" in m["errors"][0]["error"]
     assert m["worker_restarts"] == 0 and m["test/lengths"][1:] == [16, 16]
-
-
-def test_lag():
-    assert _lag(0.05, 10) == 0 and _lag(0.1, 10) == 0 and _lag(0.101, 10) == 1 and _lag(0.25, 10) == 2
 
 
 def test_control_rate_counts_deadline_misses():

@@ -2,8 +2,11 @@
 import pytest
 
 from dp_fast.cli import main
-from dp_fast.train.config import (DEBUG_OVERRIDES, PRESETS, apply_overrides, build_config, canonical_key,
-                                  parse_overrides, policy_config_for, shape_meta_from_file, TrainConfig)
+from dp_fast.train.config import (DEBUG_OVERRIDES, PRESETS, WRIST_CPU_KEYS, TrainConfig, apply_overrides,
+                                  build_config, canonical_key, parse_overrides, policy_config_for,
+                                  shape_meta_from_file)
+from dp_fast.train.trainer import Trainer
+from tests.data.make_hdf5 import make_demos, write_robomimic
 from tests.train.common import tiny_meta, write_tiny
 
 
@@ -75,3 +78,22 @@ def test_cli_unknown_key_and_missing_out(tmp_path, capsys):
     assert main(["train", "training.num_epochs=3"]) == 2
     assert main(["train", "--out", str(tmp_path / "o")]) == 2  # no dataset
     assert "--dataset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", ["cpu", "cpu-can", "cpu-square"])
+def test_cpu_presets_build_and_train(preset, tmp_path):
+    """Each task preset builds its policy from a file with the wrist camera at 48 px and trains a few steps."""
+    meta = {"obs": {"robot0_eye_in_hand_image": {"shape": [3, 48, 48], "type": "rgb"},
+                    "agentview_image": {"shape": [3, 48, 48], "type": "rgb"},
+                    "robot0_eef_pos": {"shape": [3]}, "robot0_eef_quat": {"shape": [4]},
+                    "robot0_gripper_qpos": {"shape": [2]}},
+            "action": {"shape": [7]}}
+    data = tmp_path / "d.hdf5"
+    write_robomimic(data, make_demos([20, 20, 20], meta, 0))
+    cfg = build_config(preset, {"task.dataset_path": str(data), "training.max_total_steps": 2,
+                                "training.val_every": 0, "training.sample_every": 0, "dataloader.batch_size": 4})
+    assert cfg.task.obs_keys == WRIST_CPU_KEYS
+    tr = Trainer(cfg, tmp_path / "out", quiet=True)
+    assert list(tr.policy.config.shape_meta["obs"]) == WRIST_CPU_KEYS   # agentview is in the file, not used
+    tr.run()
+    assert tr.global_step == 2 and (tmp_path / "out" / "checkpoints" / "latest.safetensors").exists()

@@ -1,15 +1,18 @@
 """Resume equality: runs SIGKILLed mid-epoch and during checkpoint writes (resume state and epoch-end
 writes), restarted with the same command, give exactly the losses, logs and weights of an
-uninterrupted run (CPU, one thread)."""
+uninterrupted run (CPU, one thread). The kills are injected by tests/train/killed_run.py. Also: a
+failed resume-state write keeps the previous state, and a killed write's temporary file is removed."""
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from dp_fast.train.log import read_jsonl
+from dp_fast.train.resume import CheckpointManager, write_state
 from tests.train.common import overrides, write_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,16 +21,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def _args(data, out):
     ov = overrides(data, training__num_epochs=2, training__checkpoint_every_steps=2, training__sample_every=1,
                    training__checkpoint_every=1, training__lr_warmup_steps=3, optimizer__lr=1e-3)
-    return [sys.executable, "-m", "dp_fast.cli", "train", "--quiet", "--out", str(out)] + \
+    return ["train", "--quiet", "--out", str(out)] + \
         [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in ov.items()]
 
 
 def _train(data, out, kill=None):
+    """`dp-fast train` in a subprocess; kill="step:N" / "save:N" SIGKILLs it there (see killed_run.py)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    env.pop("DP_FAST_TRAIN_TEST_KILL", None)
-    if kill:
-        env["DP_FAST_TRAIN_TEST_KILL"] = kill
-    p = subprocess.run(_args(data, out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m"] + (["tests.train.killed_run", kill] if kill else ["dp_fast.cli"])
+    p = subprocess.run(cmd + _args(data, out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if kill:
         assert p.returncode == -9, f"expected SIGKILL at {kill}, got rc {p.returncode}\n{p.stderr[-3000:]}"
     else:
@@ -78,3 +80,21 @@ def test_killed_runs_resume_exactly(tmp_path):
     sa, sb = _state(ref), _state(out)
     assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])
     assert sa["rng"]["torch"].equal(sb["rng"]["torch"]) and sa["batches"] == sb["batches"]
+
+
+def test_failed_state_write_keeps_previous_state(tmp_path, monkeypatch):
+    mgr = CheckpointManager(tmp_path)
+    write_state({"global_step": 1}, mgr.state_path)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("dp_fast.atomic_file.os.replace", boom)
+    with pytest.raises(OSError):
+        write_state({"global_step": 2}, mgr.state_path)
+    monkeypatch.undo()
+    assert mgr.load_state()["global_step"] == 1
+    assert not list(mgr.dir.glob(".*.tmp"))
+    (mgr.dir / ".latest.train.pt.999-0000.tmp").write_bytes(b"half a file")  # a SIGKILLed write
+    CheckpointManager(tmp_path)
+    assert not (mgr.dir / ".latest.train.pt.999-0000.tmp").exists()

@@ -1,6 +1,5 @@
 """The trainer in-process: logs, curves, checkpoints (EMA export for load_policy, top-k), debug mode,
 loss falling on a tiny problem, budget stops."""
-import time
 
 import pytest
 import torch
@@ -104,7 +103,6 @@ def test_gradient_accumulation_steps_optimizer_every_n(tmp_path):
 
 def test_loss_falls_on_tiny_problem(tmp_path):
     data = write_tiny(tmp_path / "d.hdf5", n_episodes=4, length=16, smooth=True)
-    t0 = time.monotonic()
     cfg = build_config(None, overrides(data, training__num_epochs=1000, training__max_total_steps=150,
                                        optimizer__lr=2e-3, training__lr_warmup_steps=10,
                                        training__val_every=0, training__sample_every=0,
@@ -115,7 +113,6 @@ def test_loss_falls_on_tiny_problem(tmp_path):
     losses = [r["train_loss"] for r in read_jsonl(tmp_path / "out" / "steps.jsonl")]
     first, last = sum(losses[:15]) / 15, sum(losses[-15:]) / 15
     assert len(losses) == 150 and last < 0.6 * first, (first, last)
-    assert time.monotonic() - t0 < 60
 
 
 def test_cpu_preset_runs_with_ddim_sampling(tmp_path):

@@ -1,4 +1,4 @@
-"""Fast sampling: work that does not change across the K denoising steps is done once.
+"""The precomputing denoiser: work that does not change across the K denoising steps is done once.
 
 `FastDenoiser` rewrites the transformer's per-step computation without changing its math:
   * time tokens: the condition token of timestep t depends only on t. With the MLP condition encoder
@@ -10,134 +10,20 @@
     projections fold into them: score_{i,h,s} = LN2(h_i) . A_{h,s} + c_{h,s} with A_{h,s} = Wq_h^T K_{h,s} / sqrt(d),
     c_{h,s} = bq_h . K_{h,s} / sqrt(d), and out_i = sum_{h,s} p_{i,h,s} U_{h,s} + bo with U_{h,s} = Wo_h V_{h,s}.
     Per step the cross-attention costs two (T x E) @ (E x H*S) products instead of two E x E projections.
-  * the scheduler step is one table-driven elementwise op (dp_fast.ops.ddpm_step).
-The result equals the reference up to float reassociation (~1e-6 in fp32); tests/test_sampling.py checks it.
+The CUDA-graph loop (graph.py) runs it step by step; the C++ CPU loop (cpu.py) takes its per-call terms.
+The result equals the reference up to float reassociation (~1e-6 in fp32); tests/test_sampling.py checks it
+(docs/architecture.md, "Sampling").
 """
 from __future__ import annotations
 
-import contextlib
-import inspect
 import math
-import os
 from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 
-from .models.transformer import LayerStack, TransformerForDiffusion
-from .schedulers import step_from_table
-
-# ------------------------------------------------------------------------------------- precision
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_precision(precision) -> str:
-    """"fp32" / "bf16" / "fp16" (torch dtypes accepted) -> the name; anything else raises ValueError."""
-    if isinstance(precision, torch.dtype):
-        names = {v: k for k, v in PRECISIONS.items()}
-        if precision in names:
-            return names[precision]
-    elif precision in PRECISIONS:
-        return precision
-    raise ValueError(f"precision must be one of {list(PRECISIONS)} (or the torch dtypes), got {precision!r}")
-
-
-# ------------------------------------------------------------------------------------- backends
-# Sampler implementations, by what predict_action runs for a policy backend on a device.
-SAMPLERS = {
-    "reference": "DiffusionPolicy.sample: the plain-PyTorch K-step loop (ground truth)",
-    "cpu": "dp_fast::sampler_loop: the whole loop in one C++ op (dp_fast/sampling_cpu.py)",
-    "cuda_graph": "FastDenoiser loop captured once per (batch, K) in a CUDA graph and replayed (dp_fast/sampling_cuda.py)",
-    "eager": "FastDenoiser loop in eager PyTorch (the CUDA-graph sampler's body, run without capture)",
-}
-
-
-def resolve_backend(name: Optional[str], device="cpu") -> str:
-    """The policy's backend name for `device`: dp_fast.backends.resolve_policy_backend, plus the sampler
-    backends this module provides ("cpu", "cuda", "triton") where dp_fast.backends does not list them yet.
-    An explicitly named backend that cannot run raises BackendUnavailable saying why."""
-    _b = _backends_module()
-    requested = name or os.environ.get("DP_FAST_BACKEND") or "auto"
-    if requested in ("cpu", "cuda", "triton") and requested not in _b.backends():
-        ok, why = sampler_backend_available(requested, device)
-        if not ok:
-            raise _b.BackendUnavailable(f"backend {requested!r} is not available: {why}")
-        return requested
-    if "device" in inspect.signature(_b.resolve_policy_backend).parameters:
-        return _b.resolve_policy_backend(name, device=torch.device(device).type)
-    return _b.resolve_policy_backend(name)
-
-
-def _backends_module():
-    """dp_fast.backends the module (the package re-exports a function of the same name over it)."""
-    import importlib
-    return importlib.import_module(__package__ + ".backends")
-
-
-def sampler_backend_available(backend: str, device="cpu"):
-    """(ok, reason) for running `backend`'s sampler on `device`."""
-    dev = torch.device(device).type
-    if backend == "cpu":
-        from . import sampling_cpu
-        return sampling_cpu.available()
-    if backend == "cuda" and dev != "cuda":
-        return False, "backend 'cuda' runs the CUDA-graph sampler and needs a CUDA device"
-    if backend in ("cuda", "triton") and dev == "cuda" and not torch.cuda.is_available():
-        return False, "torch.cuda.is_available() is False"
-    if backend == "triton":
-        import importlib.util
-        if importlib.util.find_spec("triton") is None:
-            return False, "triton is not installed (pip install triton)"
-    return True, ""
-
-
-def sampler_kind(backend: str, device) -> str:
-    """Which SAMPLERS entry predict_action uses for a resolved policy backend on `device`."""
-    dev = torch.device(device).type
-    if backend == "reference":
-        return "reference"
-    if backend == "cpu":
-        if dev != "cpu":
-            raise _backends_module().BackendUnavailable(f"backend 'cpu' runs the C++ CPU loop, but the policy is on {device}; "
-                                     f"use backend='cuda' (or 'auto') there")
-        return "cpu"
-    if backend in ("cuda", "triton"):
-        if dev == "cuda":
-            return "cuda_graph"
-        if backend == "cuda":
-            raise _backends_module().BackendUnavailable(f"backend 'cuda' needs the policy on a CUDA device, it is on {device}")
-        return "eager"  # triton on CPU (TRITON_INTERPRET=1): the graph sampler's body, uncaptured
-    raise ValueError(f"no sampler for backend {backend!r}")
-
-
-# ------------------------------------------------------------------------------------- profiling ranges
-_NULL = contextlib.nullcontext()
-_nvtx_enabled: Optional[bool] = None
-
-
-def set_nvtx(enabled: Optional[bool]) -> None:
-    """Force nvtx ranges on / off; None = decide from the environment (the default)."""
-    global _nvtx_enabled
-    _nvtx_enabled = enabled
-
-
-def nvtx_range(name: str):
-    """An nvtx range named `name` while profiling, else a shared no-op context (no per-call cost beyond
-    one check). Profiling = DP_FAST_NVTX=1, or running under Nsight Systems."""
-    global _nvtx_enabled
-    if _nvtx_enabled is None:
-        want = os.environ.get("DP_FAST_NVTX", "").lower() in ("1", "true", "on") or \
-            "NSYS_PROFILING_SESSION_ID" in os.environ
-        try:
-            import nvtx  # noqa: F401
-        except ImportError:
-            want = False
-        _nvtx_enabled = want
-    if not _nvtx_enabled:
-        return _NULL
-    import nvtx
-    return nvtx.annotate(f"dp_fast/{name}", domain="dp_fast")
+from ..models.transformer import LayerStack, TransformerForDiffusion
 
 
 @dataclass
@@ -280,8 +166,8 @@ class FastDenoiser:
             a, c, u = prep.terms(li, idx, b)                      # (B, H*S, E), (B, H*S), (B, H*S, E)
             s = a.shape[1] // h_n
             scores = (torch.bmm(y, a.transpose(1, 2)) + c[:, None]).reshape(b, t, h_n, s)
-            if self.memory_mask is not None:
-                scores = scores + prep.order_mask(self.memory_mask, t, s, h_n, self.mlp_cond).to(scores.dtype)
+            if self.memory_mask is not None:  # (T, S) additive, broadcast over (B, T, H, S)
+                scores = scores + self.memory_mask[:t, :s].reshape(1, t, 1, s).to(scores.dtype)
             p = torch.softmax(scores, dim=-1).reshape(b, t, h_n * s)
             h = h + torch.bmm(p, u) + lw.ca_bo
             y = F.layer_norm(h, (e,), *lw.ln3[:2], lw.ln3[2])
@@ -319,30 +205,3 @@ class Prepared:
         c = torch.cat([tc.index_select(0, one).expand(b, -1).reshape(b, h, 1), oc.reshape(b, h, so)], 2)
         u = torch.cat([tu.index_select(0, one).expand(b, -1, -1).reshape(b, h, 1, e), ou.reshape(b, h, so, e)], 2)
         return a.reshape(b, h * (so + 1), e), c.reshape(b, h * (so + 1)), u.reshape(b, h * (so + 1), e)
-
-    @staticmethod
-    def order_mask(memory_mask: torch.Tensor, t: int, s: int, h: int, mlp_cond: bool):
-        """(T, S) additive mask broadcast over (B, T, H, S)."""
-        return memory_mask[:t, :s].reshape(1, t, 1, s)
-
-
-def fast_sample(den: FastDenoiser, sched, k: int, shape, cond: Optional[torch.Tensor], noise_fn,
-                step_fn=step_from_table) -> torch.Tensor:
-    """The K-step loop on the fast path. noise_fn(j) returns the j-th noise draw (B, T, D)."""
-    timesteps = sched.timesteps(k)
-    table = sched.step_table(k)
-    draws = sched.noise_draws(k)
-    prep = den.prepare(cond, timesteps)
-    x = noise_fn(0)
-    used = 1
-    zeros = None
-    for i in range(k):
-        eps = den.eps(x, i, prep)
-        if draws[i]:
-            n = noise_fn(used)
-            used += 1
-        else:
-            zeros = torch.zeros_like(x) if zeros is None else zeros
-            n = zeros
-        x = step_fn(table, i, x, eps.to(x.dtype), n)
-    return x

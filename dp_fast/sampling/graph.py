@@ -1,4 +1,4 @@
-"""CUDA-graph sampler: the K-step loop (FastDenoiser + table-driven scheduler step) captured once per
+"""CUDA-graph sampler: the K-step loop (FastDenoiser + the ddpm_step op) captured once per
 (batch, K, trajectory shape, noise source) and replayed.
 
 Per call on the steady path: copy the observation features (and `noise=` if given) into static buffers,
@@ -24,24 +24,16 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
-from .models.transformer import TransformerForDiffusion
-from .sampling import FastDenoiser, nvtx_range
-from .schedulers import step_from_table
-
-
-def op_step(backend: str) -> Callable:
-    """The scheduler step as dp_fast.ops.ddpm_step on `backend` ("triton", "cuda", ...), in step_fn form."""
-    from .ops import ddpm_step
-
-    def step(table, i, x, eps, noise):
-        return ddpm_step(x, eps, noise, table, i, backend=backend)
-
-    step.backend = backend
-    return step
+from ..models.transformer import TransformerForDiffusion
+from ..ops import ddpm_step
+from ..profiling import nvtx_range
+from ..schedulers import NoiseScheduler
+from .denoiser import FastDenoiser
+from .noise import draw_noise
 
 
 class _EncoderOnly:
@@ -71,7 +63,8 @@ class _Static:
         self.timesteps = sched.timesteps(k)            # device tensors made before capture
         self.table = sched.step_table(k)
         self.key = tuple(sched._timestep_list(k))
-        self.draws = sched.noise_draws(k)
+        self.plan = sched.noise_plan(k)
+        self.zeros = torch.zeros(shape, device=device)  # the step noise of iterations that draw none
         self.timesteps_index = torch.arange(k, device=device)  # 0-d views as device step indices
         self.prep = None
         self.out: Optional[torch.Tensor] = None
@@ -82,14 +75,14 @@ class GraphSampler:
     """The fast K-step loop of a TransformerForDiffusion, CUDA-graph captured on CUDA devices."""
 
     def __init__(self, model: TransformerForDiffusion, dtype: torch.dtype = torch.float32, capture: bool = True,
-                 step_fn: Callable = step_from_table):
+                 step_backend: str = "reference"):
+        """dtype: the denoiser's compute dtype; capture: CUDA-graph capture on CUDA devices; step_backend:
+        the backend of the dp_fast.ops.ddpm_step op that takes each scheduler step."""
         self.model = model
         self.dtype = dtype
-        """step_fn(table, i, x, eps, noise) -> x_prev, with i a 0-d int64 device tensor: the reference
-        step_from_table, or the ddpm_step op of the policy's backend (see op_step)."""
         self.den = _EncoderOnly(model, dtype) if model.encoder_only else FastDenoiser(model, dtype)
         self.capture = capture
-        self.step_fn = step_fn
+        self.step_backend = step_backend
         self._static: Dict[tuple, _Static] = {}
         self.capture_seconds: Dict[tuple, float] = {}
 
@@ -101,30 +94,22 @@ class GraphSampler:
         prep = self.den.prepare(st.cond, st.timesteps, st.key)
         st.prep = prep  # a captured graph reads these tensors: keep them alive as long as the graph
         x = st.noise[0]
-        used = 1
-        zeros = None
-        steps = len(st.draws)
-        for i in range(steps):
+        for i, j in enumerate(st.plan):
             with nvtx_range("step"):  # recorded at capture / on eager runs; a replay has no host work per step
                 if st.mask is not None:
                     x = torch.where(st.mask, st.data, x)
-                eps = self.den.eps(x, st.timesteps_index[i], prep)
-                if st.draws[i]:
-                    n = st.noise[used]
-                    used += 1
-                else:
-                    zeros = torch.zeros_like(x) if zeros is None else zeros
-                    n = zeros
-                x = self.step_fn(st.table, st.timesteps_index[i], x, eps.to(x.dtype).contiguous(), n)
+                step = st.timesteps_index[i]
+                eps = self.den.eps(x, step, prep)
+                x = ddpm_step(x, eps.to(x.dtype).contiguous(), st.noise[j] if j >= 0 else st.zeros, st.table, step,
+                              backend=self.step_backend)
         if st.mask is not None:
             x = torch.where(st.mask, st.data, x)
         return x
 
-    def sample(self, sched, k: int, shape, cond: Optional[torch.Tensor], noise: Optional[torch.Tensor],
-               generator: Optional[torch.Generator], inpaint: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
-               ) -> torch.Tensor:
-        """The K-step loop; arguments as DiffusionPolicy.sample plus cond / inpaint from its _condition.
-        Returns the final sample (B, T, D) in float32."""
+    def sample(self, sched: NoiseScheduler, k: int, shape, cond: Optional[torch.Tensor],
+               noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+               inpaint: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """The K-step loop, arguments as ReferenceSampler.sample. Returns the final sample (B, T, D) in float32."""
         device = self.model.head.weight.device
         graphed = self.capture and device.type == "cuda"
         rng_in_graph = graphed and noise is None and generator is None
@@ -143,8 +128,7 @@ class GraphSampler:
         if noise is not None:
             st.noise.copy_(noise[:n_noise])
         elif generator is not None or not graphed:
-            for j in range(n_noise):
-                st.noise[j] = torch.randn(shape, generator=generator, device=device, dtype=st.noise.dtype)
+            st.noise.copy_(draw_noise(n_noise, shape, generator, device, st.noise.dtype))
         if not graphed:
             with torch.no_grad():
                 return self._body(st, rng_in_graph=False)

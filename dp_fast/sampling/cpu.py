@@ -1,6 +1,6 @@
 """CPU fast path: the whole K-step denoising loop in one C++ op, `torch.ops.dp_fast.sampler_loop`.
 
-csrc/sampler_cpu.h documents the op. This module packs a TransformerForDiffusion for it once (every
+csrc/sampler_cpu.h documents the op; docs/architecture.md ("Sampling") says where it sits. This module packs a TransformerForDiffusion for it once (every
 matmul weight as 32-column panels in one blob, in the order the loop reads them; biases, LayerNorm
 weights and position embeddings in a second fp32 blob), builds the per-call condition terms with
 `FastDenoiser` (cross-attention with Wq folded into the keys and Wo into the values; the time-token
@@ -19,45 +19,18 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from . import _ext
-from .models.transformer import TransformerForDiffusion, additive_causal_mask, additive_memory_mask
-from .sampling import FastDenoiser
+from .. import _ext
+from ..models.transformer import TransformerForDiffusion, additive_causal_mask, additive_memory_mask
+from ..schedulers import NoiseScheduler
+from .denoiser import FastDenoiser
+from .noise import draw_noise
 
 WEIGHT_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-_fake_registered = False
-
-
-def available() -> Tuple[bool, str]:
-    """(whether dp_fast::sampler_loop can run, why not)."""
-    if not _ext.load():
-        return False, _ext.unavailable_reason()
-    if not hasattr(torch.ops.dp_fast, "sampler_loop"):
-        return False, ("dp_fast._C was built before csrc/sampler_cpu.cpp existed; rebuild it with "
-                       "`pip install --no-build-isolation -e .`")
-    _register_fake()
-    return True, ""
 
 
 def isa() -> str:
     """Which compiled copy of the loop runs: "avx512" or "generic" (DP_FAST_SAMPLER_ISA forces one)."""
     return torch.ops.dp_fast.sampler_isa()
-
-
-def _register_fake() -> None:
-    """Output metadata of sampler_loop for torch.compile / FakeTensor tracing: the final sample."""
-    global _fake_registered
-    if _fake_registered:
-        return
-
-    @torch.library.register_fake("dp_fast::sampler_loop")
-    def _sampler_loop_fake(sample, noise, noise_index, table, weights, params, layout, terms, inpaint_data,
-                           inpaint_mask, ln_eps):
-        torch._check(sample.dtype == torch.float32 and sample.dim() == 3,
-                     lambda: f"dp_fast::sampler_loop: `sample` must be float32 (B, T, D), got {sample.dtype} "
-                             f"{list(sample.shape)}")
-        return torch.empty_like(sample, memory_format=torch.contiguous_format)
-
-    _fake_registered = True
 
 
 def _layout_fields() -> Tuple[List[str], List[str], int, int]:
@@ -98,9 +71,7 @@ class CpuSampler:
     """A TransformerForDiffusion packed for dp_fast::sampler_loop. Rebuild it after the weights change."""
 
     def __init__(self, model: TransformerForDiffusion, weight_dtype: torch.dtype = torch.float32):
-        ok, why = available()
-        if not ok:
-            raise RuntimeError(f"the cpu sampler is not available: {why}")
+        _ext.require()
         if weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight_dtype must be one of {list(WEIGHT_DTYPES)}, got {weight_dtype}")
         if model.head.weight.device.type != "cpu" or model.head.weight.dtype != torch.float32:
@@ -172,10 +143,6 @@ class CpuSampler:
         self.weights, self.params = w.tensor(), p.tensor()
         self._fields, self._base, self._per_layer = fields, g, [v for row in per_layer for v in row]
 
-    def weight_bytes_per_step(self) -> int:
-        """Bytes of packed matmul weights one model evaluation reads."""
-        return self.weights.numel() * self.weights.element_size()
-
     # ----------------------------------------------------------------------- per call
     def _terms(self, cond: Optional[torch.Tensor], timesteps: torch.Tensor, batch: int):
         """(terms list, dims) for the op: see csrc/sampler_cpu.h."""
@@ -216,21 +183,20 @@ class CpuSampler:
                   torch.zeros(n_layer, batch, h, 0, e)]
         return step + static, {"Ss": s, "So": 0, "Bs": bs}
 
-    def sample(self, sched, k: int, cond: Optional[torch.Tensor], noise: torch.Tensor,
+    def sample(self, sched: NoiseScheduler, k: int, shape, cond: Optional[torch.Tensor],
+               noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
                inpaint: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-        """The K-step loop. noise: (N, B, T, D) fp32 in the original's draw order (noise[0] is the
-        initial sample; the n-th iteration that draws uses noise[n]). cond: (B, To, Do) or None;
-        inpaint: (data, mask) of (B, T, D) or None. Returns the final sample (B, T, D)."""
+        """The K-step loop, arguments as ReferenceSampler.sample: noise (N, B, T, D) fp32 in the noise
+        plan's order, or None to draw it from `generator` first (the reference's values). Returns the final
+        sample (B, T, D)."""
+        if noise is None:
+            noise = draw_noise(sched.num_noise(k), shape, generator, "cpu", torch.float32)
         _, b, t, d = noise.shape
         timesteps = sched.timesteps(k)
         table = sched.step_table(k)
-        draws = sched.noise_draws(k)
-        index, used = [], 1
-        for drew in draws:
-            index.append(used if drew else -1)
-            used += bool(drew)
-        if noise.shape[0] < used:
-            raise ValueError(f"noise has {noise.shape[0]} draws, the loop needs {used}")
+        plan = sched.noise_plan(k)
+        if noise.shape[0] < sched.num_noise(k):
+            raise ValueError(f"noise has {noise.shape[0]} draws, the loop needs {sched.num_noise(k)}")
         terms, dims = self._terms(cond, timesteps, b)
         g = dict(self._base, B=b, T=t, K=k, **dims)
         if d != g["D"]:
@@ -240,7 +206,7 @@ class CpuSampler:
         layout = [int(g[name]) for name in self._fields] + self._per_layer
         data, mask = inpaint if inpaint is not None else (None, None)
         return torch.ops.dp_fast.sampler_loop(
-            noise[0].contiguous(), noise.contiguous(), torch.tensor(index, dtype=torch.int64), table.float().cpu(),
+            noise[0].contiguous(), noise.contiguous(), torch.tensor(plan, dtype=torch.int64), table.float().cpu(),
             self.weights, self.params, layout, terms,
             None if data is None else data.float().contiguous(), None if mask is None else mask.contiguous(),
             self.ln_eps)

@@ -4,73 +4,39 @@ the previous complete checkpoint in place.
   latest.train.pt                     everything needed to resume (model, EMA, optimizer, LR schedule,
                                       step/epoch, RNG states, batch position, log offsets, top-k list);
                                       this one file is the source of truth for resuming
-  latest.safetensors                  the EMA policy (the model without EMA) in dp_fast's own format,
-                                      for dp_fast.load_policy
+  latest.safetensors                  the EMA policy (the model without EMA) as a dp_fast policy file
+                                      (policy_file.py), for dp_fast.load_policy
   epoch=0010-val_loss=0.1234.safetensors   top-k by the monitored metric, same format
 
-Every file is written to a temporary name in the same folder, fsync'd, then os.replace'd (atomic on
-POSIX). The resume state is renamed first, the policy export second: a kill between the two leaves a
-valid state next to the previous export, which the resumed run overwrites. Temporary files of a killed
-write are removed on the next start and never read.
-
-Test hook: DP_FAST_TRAIN_TEST_KILL="step:N" SIGKILLs the process after batch N was trained and logged
-(before any checkpoint of that step); "save:N" SIGKILLs it during the N-th resume-state write of the
-process, between the temporary file and its rename.
+Every file goes through atomic_file.atomic_write (temporary file in the same folder, fsync, rename).
+The resume state is renamed first, the policy export second: a kill between the two leaves a valid
+state next to the previous export, which the resumed run overwrites. Temporary files of a killed
+write are removed on the next start and never read. See docs/checkpoints.md.
 """
 from __future__ import annotations
 
-import os
 import random
-import signal
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from ..checkpoint import save_policy
+from ..atomic_file import atomic_write
+from ..policy_file import write_policy_file
 
 LATEST_STATE = "latest.train.pt"
 LATEST_POLICY = "latest.safetensors"
-_save_count = 0
 
 
-def test_kill(event: str, n: int) -> None:
-    """SIGKILL this process when DP_FAST_TRAIN_TEST_KILL == f'{event}:{n}' (tests only)."""
-    if os.environ.get("DP_FAST_TRAIN_TEST_KILL") == f"{event}:{n}":
-        os.kill(os.getpid(), signal.SIGKILL)
+def write_state(state: Dict[str, Any], path: Path) -> None:
+    """torch.save the resume state to `path`, atomically."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    global _save_count
-    _save_count += 1
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        test_kill("save", _save_count)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _write_policy(policy, path: Path, metadata: Dict[str, str]) -> None:
+    write_policy_file(path, policy.config, policy.state_dict(), metadata)
 
 
 # ---------------------------------------------------------------------- RNG states (weights_only-safe)
@@ -129,9 +95,9 @@ class CheckpointManager:
     def save(self, state: Dict[str, Any], export_policy) -> None:
         """state: the resume dict (top-k list added here); export_policy: the policy written for load_policy."""
         state = dict(state, topk=[[m, n] for m, n in self.topk])
-        atomic_torch_save(state, self.state_path)
-        save_policy(export_policy, self.policy_path,
-                    {"epoch": str(state.get("epoch")), "global_step": str(state.get("global_step"))})
+        write_state(state, self.state_path)
+        _write_policy(export_policy, self.policy_path,
+                      {"epoch": str(state.get("epoch")), "global_step": str(state.get("global_step"))})
 
     def update_topk(self, epoch: int, metrics: Dict[str, Any], export_policy) -> Optional[str]:
         """Write `epoch=EEEE-<key>=<value>.safetensors` if the metric is among the k best; drop the worst."""
@@ -144,7 +110,7 @@ class CheckpointManager:
         keep, drop = cand[:self.k], cand[self.k:]
         if (value, name) not in keep:
             return None
-        save_policy(export_policy, self.dir / name, {"epoch": str(epoch), self.monitor_key: repr(value)})
+        _write_policy(export_policy, self.dir / name, {"epoch": str(epoch), self.monitor_key: repr(value)})
         for _, old in drop:
             if old != name:
                 (self.dir / old).unlink(missing_ok=True)

@@ -6,6 +6,9 @@ It is read here with a restricted unpickler: only tensor-rebuild helpers, plain 
 scalar types may be referenced; every `omegaconf.*` class becomes an inert stand-in that only records
 its pickled state, and the stand-in tree is then turned into plain dicts/lists/scalars. Neither
 omegaconf, hydra, dill nor diffusion_policy is imported, and nothing else in the file can run code.
+
+read_original_policy gives (PolicyConfig, state dict) like policy_file.read_policy_file, for
+`dp_fast.load_policy`; nothing is ever written in this format. See docs/checkpoints.md.
 """
 from __future__ import annotations
 
@@ -20,18 +23,15 @@ import re
 import types
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .config import BETA_SCHEDULES, PREDICTION_TYPES, VARIANCE_TYPES
+from .config import BETA_SCHEDULES, PREDICTION_TYPES, VARIANCE_TYPES, PolicyConfig
+from .policy_file import CheckpointError
 
 SUPPORTED_POLICY = ("diffusion_policy.policy.diffusion_transformer_hybrid_image_policy."
                     "DiffusionTransformerHybridImagePolicy")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, unsafe, or describes something dp_fast cannot run."""
 
 
 # ---- restricted unpickling
@@ -219,6 +219,13 @@ def read_original_checkpoint(path, map_location="cpu") -> OriginalCheckpoint:
         if isinstance(value, int) and not isinstance(value, bool):
             setattr(ck, key, value)
     return ck
+
+
+def read_original_policy(path) -> Tuple[PolicyConfig, "collections.OrderedDict"]:
+    """(config, state dict) of the policy an original checkpoint holds: the config built from its cfg,
+    the EMA weights when cfg.training.use_ema is set, keys renamed to dp_fast's."""
+    ck = read_original_checkpoint(path)
+    return PolicyConfig(**policy_config_from_original(ck.cfg)), ck.policy_state_dict()
 
 
 def _verify_zip(path: str, size: int, expected: str) -> None:
