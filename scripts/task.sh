@@ -13,7 +13,7 @@
 #      success rate with its 95% interval and the policy latency land in OUT/eval.json.
 #
 # Environment (all optional): OUT (default out/<task>), DP_FAST_TASK_DEVICE (cpu | cuda), DP_FAST_TASK_N
-# (demonstrations, default 220), DP_FAST_TASK_PERTURB (default 0.3), DP_FAST_TASK_STEPS (training steps,
+# (demonstrations, default 200), DP_FAST_TASK_PERTURB (default 0.3), DP_FAST_TASK_STEPS (training steps,
 # default the preset's), TRAIN_THREADS (default 2), EPISODES (default 100), TRAIN_EPISODES (default 20),
 # ENVS (default 2), EVAL_MAX_STEPS (default: the task's, 400), DP_FAST_TASK_SKIP_SETUP=1 (use the existing
 # .venv as it is).
@@ -35,7 +35,7 @@ DPF="$VENV/bin/dp-fast"
 mkdir -p "$OUT"
 
 DEVICE=${DP_FAST_TASK_DEVICE:-$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}
-N=${DP_FAST_TASK_N:-220}
+N=${DP_FAST_TASK_N:-200}
 PERTURB=${DP_FAST_TASK_PERTURB:-0.3}
 EPISODES=${EPISODES:-100}
 TRAIN_EPISODES=${TRAIN_EPISODES:-20}
