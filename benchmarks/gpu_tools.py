@@ -115,14 +115,12 @@ def cmd_build_check(args) -> int:
         problems.append(f"dp_fast.kernels does not import ({type(e).__name__}: {e}): the editable install is missing")
     import dp_fast
 
-    listing = getattr(dp_fast, "available_backends", None) or getattr(dp_fast, "backends", None)
-    if listing is not None:
-        try:
-            for name, b in listing().items():
-                print(f"  backend {name:10s} {'available' if b.get('available') else 'UNAVAILABLE':12s} "
-                      f"{b.get('reason', '')}")
-        except Exception as e:  # noqa: BLE001 - a listing is a report, not the check
-            print(f"  (backend listing failed: {type(e).__name__}: {e})")
+    try:
+        for name, b in dp_fast.available_backends().items():
+            print(f"  backend {name:10s} {'available' if b.get('available') else 'UNAVAILABLE':12s} "
+                  f"{b.get('reason', '')}")
+    except Exception as e:  # noqa: BLE001 - a listing is a report, not the check
+        print(f"  (backend listing failed: {type(e).__name__}: {e})")
     for p in problems:
         print(f"build-check: {p}")
     return 1 if problems else 0

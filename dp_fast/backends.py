@@ -243,14 +243,17 @@ def _sampler_kind(backend: str, dev: str) -> str:
     return "eager"  # triton on a CPU policy (TRITON_INTERPRET=1): the graph sampler's loop, uncaptured
 
 
+def op_backends(backend: str, device) -> Dict[str, str]:
+    """Each op's backend under policy backend `backend` (already resolved) on `device`: that backend where
+    the op has it, else what "auto" picks for the op (attention under "cpu": reference)."""
+    return {op: backend if backend in ("reference", *impls) else resolve_op_backend(op, "auto", device)
+            for op, impls in OPS.items()}
+
+
 def resolve(name: Optional[str], device="cpu") -> Resolution:
     """The Resolution of backend request `name` for a policy on `device`: policy_backend, then its sampler
-    (raising BackendUnavailable where that backend cannot run on `device`), then each op's backend: the
-    policy's backend where the op has it, else what "auto" picks for the op (attention on "cpu": reference).
-    """
+    (raising BackendUnavailable where that backend cannot run on `device`), then op_backends."""
     dev = torch.device(device)
     backend = policy_backend(name, dev)
     sampler = _sampler_kind(backend, dev.type)
-    ops = {op: backend if backend in ("reference", *impls) else resolve_op_backend(op, "auto", dev)
-           for op, impls in OPS.items()}
-    return Resolution(backend=backend, device=dev, sampler=sampler, ops=ops)
+    return Resolution(backend=backend, device=dev, sampler=sampler, ops=op_backends(backend, dev))

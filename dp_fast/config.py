@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from .ops.random_crop import CROP_MODES
+
 SEED_SHAPE_META: Dict[str, Any] = {
     "obs": {
         "agentview_image": {"shape": [3, 84, 84], "type": "rgb"},
@@ -25,7 +27,6 @@ SEED_SHAPE_META: Dict[str, Any] = {
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log")
 PREDICTION_TYPES = ("epsilon", "sample")
-CROP_MODES = ("uniform", "original")
 
 
 @dataclass(frozen=True)

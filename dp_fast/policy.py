@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backends import SAMPLERS, Resolution, policy_backend, resolve
+from .backends import SAMPLERS, Resolution, op_backends, policy_backend, resolve
 from .config import PolicyConfig
 from .models.transformer import TransformerForDiffusion
 from .models.vision import ObsEncoder
@@ -62,6 +62,7 @@ class DiffusionPolicy(nn.Module):
         self._backend_request = backend
         self._resolution: Optional[Resolution] = None  # resolved for the policy's device, on first use
         self._sampler = None  # (weights key, sampler), rebuilt when the resolution or the weights change
+        self._loss_ops: Dict[tuple, Dict[str, str]] = {}  # (backend request, device) -> op backends of compute_loss
         self.precision = "fp32"
         self.set_precision(precision)
 
@@ -232,13 +233,11 @@ class DiffusionPolicy(nn.Module):
     @property
     def sampler(self):
         """The K-step loop predict_action runs (dp_fast.sampling), for the resolved backend: built on first
-        use and rebuilt when the weights change (the fast samplers pack them; the reference reads the model
-        directly). A GraphSampler records its capture cost per key in `capture_seconds`."""
+        use and rebuilt when the weights change (the fast samplers pack them; the reference sampler holds only
+        the current model). A GraphSampler records its capture cost per key in `capture_seconds`."""
         res = self.resolution
         if res.sampler == "reference":
-            if self._sampler is None:
-                self._sampler = (None, ReferenceSampler(self.model))
-            return self._sampler[1]
+            return ReferenceSampler(self.model)   # holds nothing but the (current) model
         key = self._weights_key()
         if self._sampler is None or self._sampler[0] != key:
             self._sampler = (key, make_sampler(res.sampler, self.model, self.precision, res.ops["ddpm_step"]))
@@ -308,10 +307,10 @@ class DiffusionPolicy(nn.Module):
         noise / timesteps / crop_offsets ({key: (B * To, 2) int64 [top, left]}) may be injected; otherwise
         drawn from `generator` in the order crops (shape_meta order), noise, timesteps. backend: where the
         crop and the forward noising run (dp_fast.ops random_crop / add_noise); None: the policy's resolved
-        ops; "reference": plain PyTorch (the scheduler's add_noise, diffusers' formula). Every backend draws
+        ops; "reference": plain PyTorch (add_noise_ref: diffusers' formula). Every backend draws
         the same random numbers, so the loss agrees across backends up to float rounding (tested).
         """
-        ops = self.resolution.ops if backend is None else resolve(backend, self.device).ops
+        ops = self.resolution.ops if backend is None else self._ops_for(backend)
         c = self.config
         if "obs" not in batch or "action" not in batch:
             raise ObsError(f"batch must have keys 'obs' and 'action', got {sorted(batch)}")
@@ -343,11 +342,8 @@ class DiffusionPolicy(nn.Module):
             timesteps = torch.randint(0, c.scheduler.num_train_timesteps, (bsz,), generator=generator,
                                       device=traj.device)
         sched = self.noise_scheduler.to(traj.device)
-        if ops["add_noise"] == "reference":
-            noisy = sched.add_noise(traj, noise, timesteps)
-        else:
-            noisy = add_noise(traj.contiguous(), noise.contiguous(), timesteps, sched.alphas_cumprod,
-                              backend=ops["add_noise"])
+        noisy = add_noise(traj.contiguous(), noise.contiguous(), timesteps, sched.alphas_cumprod,
+                          backend=ops["add_noise"])
         if cmask is not None:
             noisy = torch.where(cmask, traj, noisy)
         pred = self.model(noisy, timesteps, cond)
@@ -356,6 +352,13 @@ class DiffusionPolicy(nn.Module):
         if cmask is not None:
             loss = loss * (~cmask).to(loss.dtype)
         return loss.reshape(bsz, -1).mean(1).mean()
+
+    def _ops_for(self, backend: str) -> Dict[str, str]:
+        """The op backends of `backend` on the policy's device, resolved once per (backend, device)."""
+        key = (backend, self.device)
+        if key not in self._loss_ops:
+            self._loss_ops[key] = op_backends(policy_backend(backend, self.device), self.device)
+        return self._loss_ops[key]
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:

@@ -5,7 +5,7 @@ no thresholding, `use_clipped_model_output=False`); docs/numerics.md (Schedulers
 
 Two forms of one denoising step:
   * `NoiseScheduler.step` -- the clear reference, written like the diffusers code (x0 prediction, clip, posterior).
-  * `NoiseScheduler.step_table(K)` + `step_from_table` -- every step as 10 per-iteration coefficients, so a fused
+  * `NoiseScheduler.step_table(K)` + `step_from_table` (dp_fast.ops.ddpm_step, the op's reference) -- every step as 10 per-iteration coefficients, so a fused
     kernel needs only one table row (indexed by a device tensor, no host sync):
         x0   = clamp(a * x_t + b * m, lo, hi)
         eps  = c * x_t + d * m
@@ -26,8 +26,9 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 
 from .config import SchedulerConfig
+from .ops.add_noise import add_noise_ref
+from .ops.ddpm_step import TABLE_COLUMNS, is_int_tensor, same_shape_as, step_from_table
 
-TABLE_COLUMNS = ("a", "b", "c", "d", "e", "f", "g", "sigma", "lo", "hi")
 _MIN_VARIANCE = 1e-20  # diffusers clamps the DDPM posterior variance from below by this
 
 
@@ -42,18 +43,6 @@ def _betas(cfg: SchedulerConfig) -> torch.Tensor:
     def abar(s: float) -> float:
         return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
     return torch.tensor([min(1.0 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=torch.float32)
-
-
-def _is_int_tensor(t) -> bool:
-    return isinstance(t, torch.Tensor) and not t.dtype.is_floating_point and not t.dtype.is_complex \
-        and t.dtype != torch.bool
-
-
-def _check_like(name: str, x: torch.Tensor, sample: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor of shape {tuple(sample.shape)}, got {type(x).__name__}")
-    if x.shape != sample.shape:
-        raise ValueError(f"{name} must have the shape of sample {tuple(sample.shape)}, got {tuple(x.shape)}")
 
 
 class NoiseScheduler:
@@ -197,17 +186,15 @@ class NoiseScheduler:
         """
         if not isinstance(x0, torch.Tensor) or x0.dim() < 1:
             raise ValueError(f"x0 must be a tensor of shape (B, ...), got {getattr(x0, 'shape', type(x0).__name__)}")
-        _check_like("noise", noise, x0)
-        if not _is_int_tensor(t):
+        same_shape_as("noise", noise, x0)
+        if not is_int_tensor(t):
             raise TypeError(f"t must be an integer tensor of shape ({x0.shape[0]},), got "
                             f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
         if tuple(t.shape) != (x0.shape[0],):
             raise ValueError(f"t must have shape (B,) = ({x0.shape[0]},) to match x0 {tuple(x0.shape)}, "
                              f"got {tuple(t.shape)}")
-        abar = self.alphas_cumprod.to(device=x0.device, dtype=x0.dtype)[t.to(x0.device)]  # (B,)
-        bshape = (-1,) + (1,) * (x0.dim() - 1)
-        # Same ops in the same order as diffusers' add_noise, so the result is bit-identical to it.
-        return (abar ** 0.5).reshape(bshape) * x0 + ((1 - abar) ** 0.5).reshape(bshape) * noise
+        # dp_fast.ops.add_noise_ref: diffusers' ops in diffusers' order (bit-identical for float32; tested)
+        return add_noise_ref(x0, noise, t.to(x0.device), self.alphas_cumprod.to(x0.device))
 
     # ---------------------------------------------------------------------------------- reference step
     def step(self, model_output: torch.Tensor, t: Union[int, torch.Tensor], sample: torch.Tensor,
@@ -227,13 +214,13 @@ class NoiseScheduler:
                              f"(num_inference_steps={k})")
         if not isinstance(sample, torch.Tensor):
             raise TypeError(f"sample must be a tensor, got {type(sample).__name__}")
-        _check_like("model_output", model_output, sample)
+        same_shape_as("model_output", model_output, sample)
         needs_noise = self._draws_noise(t)
         if needs_noise:
             if noise is None:
                 raise ValueError(f"noise of shape {tuple(sample.shape)} is needed at timestep {t} "
                                  f"({cfg.kind}, eta={cfg.eta}), got None")
-            _check_like("noise", noise, sample)
+            same_shape_as("noise", noise, sample)
         a_t, a_prev = self._abar[t], self._prev_abar(k, t)
         beta_prod_t = 1.0 - a_t
 
@@ -264,7 +251,7 @@ class NoiseScheduler:
 
     def _timestep_int(self, t) -> int:
         if isinstance(t, torch.Tensor):
-            if not _is_int_tensor(t) or t.numel() != 1:
+            if not is_int_tensor(t) or t.numel() != 1:
                 raise TypeError(f"timestep tensor must be integer with one element, got dtype {t.dtype} "
                                 f"shape {tuple(t.shape)}")
             t = int(t.reshape(()).item())
@@ -308,41 +295,3 @@ class NoiseScheduler:
         table = torch.tensor(rows, dtype=torch.float64).to(torch.float32).to(self.device)
         self._tables[k] = table
         return table
-
-
-def step_from_table(table: torch.Tensor, i: Union[int, torch.Tensor], sample: torch.Tensor,
-                    model_output: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Evaluates row i of a `step_table` on sample x_t: the reference for every fused step kernel.
-
-    table: (K, 10) float32. i: python int or 0-d / 1-element int64 tensor on the table's device (gathered on
-    the device, no host sync -- CUDA-graph safe). sample, model_output, noise: same shape, computed in float32 and
-    returned in sample's dtype. noise=None drops the sigma term: pass None only where sigma is 0 (see
-    `NoiseScheduler.noise_plan`); this function does not check it, to stay free of host syncs.
-    """
-    if not isinstance(table, torch.Tensor) or table.dim() != 2 or table.shape[1] != len(TABLE_COLUMNS):
-        raise ValueError(f"table must have shape (K, {len(TABLE_COLUMNS)}), got "
-                         f"{tuple(table.shape) if isinstance(table, torch.Tensor) else type(table).__name__}")
-    if not isinstance(sample, torch.Tensor):
-        raise TypeError(f"sample must be a tensor, got {type(sample).__name__}")
-    _check_like("model_output", model_output, sample)
-    if noise is not None:
-        _check_like("noise", noise, sample)
-    if isinstance(i, torch.Tensor):
-        if not _is_int_tensor(i) or i.numel() != 1:
-            raise TypeError(f"i must be an integer tensor with one element, got dtype {i.dtype} "
-                            f"shape {tuple(i.shape)}")
-        row = table.index_select(0, i.reshape(1).to(table.device))[0]  # (10,), gathered on the device
-    elif isinstance(i, int) and not isinstance(i, bool):
-        if not 0 <= i < table.shape[0]:
-            raise IndexError(f"i must be in [0, {table.shape[0] - 1}] for a table of {table.shape[0]} steps, got {i}")
-        row = table[i]
-    else:
-        raise TypeError(f"i must be a python int or an int64 tensor, got {type(i).__name__}")
-    a, b, c, d, e, f, g, sigma, lo, hi = row.to(sample.device).unbind(0)
-    x, m = sample.float(), model_output.float()
-    x0 = torch.clamp(a * x + b * m, lo, hi)
-    eps = c * x + d * m
-    prev = e * x0 + f * x + g * eps
-    if noise is not None:
-        prev = prev + sigma * noise.float()
-    return prev.to(sample.dtype)

@@ -1,6 +1,6 @@
 """Triton kernel of dp_fast.ops.ddpm_step: one DDPM / DDIM step from a (K, 10) table row.
 
-Row i = [a, b, c, d, e, f, g, sigma, lo, hi] (dp_fast.schedulers.TABLE_COLUMNS); elementwise
+Row i = [a, b, c, d, e, f, g, sigma, lo, hi] (dp_fast.ops.ddpm_step.TABLE_COLUMNS); elementwise
     x0 = clamp(a*x + b*m, lo, hi);  eps = c*x + d*m;  out = e*x0 + f*x + g*eps + sigma*n
 in float32, stored in the input dtype. The row index is loaded from device memory by every program,
 so a launch never synchronises with the host and is safe to capture in a CUDA graph.

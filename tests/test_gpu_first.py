@@ -8,8 +8,10 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -210,3 +212,28 @@ def test_gpu_only_switch(monkeypatch):
     assert "cpu" not in common.devices()
     monkeypatch.delenv("DP_FAST_BENCH_GPU_ONLY")
     assert common.devices()[0] == "cpu"
+
+
+def test_bounded_plugin_keeps_finished_benchmarks_when_cut(tmp_path):
+    """A benchmark run stopped by `timeout` (SIGTERM) still writes its JSON with the rows that finished."""
+    started = tmp_path / "slow_started"
+    (tmp_path / "bench_cut.py").write_text(
+        "import pathlib, time\n\n"
+        "def test_fast(benchmark):\n    benchmark.pedantic(lambda: sum(range(100)), rounds=3, iterations=1)\n\n"
+        "def test_slow(benchmark):\n"
+        f"    pathlib.Path({str(started)!r}).touch()\n"
+        "    benchmark.pedantic(lambda: time.sleep(60), rounds=1, iterations=1)\n")
+    out = tmp_path / "cut.json"
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "benchmarks.pytest_bounded", "-p",
+                             "no:cacheprovider", "bench_cut.py", f"--benchmark-json={out}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert started.exists(), "the slow benchmark never started"
+    proc.send_signal(signal.SIGTERM)   # what `timeout` sends when the bound is reached
+    text, _ = proc.communicate(timeout=60)
+    names = [b["name"] for b in json.loads(out.read_text())["benchmarks"]]
+    assert names == ["test_fast"], (names, text[-2000:])

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from dp_fast.config import SchedulerConfig
-from dp_fast.schedulers import TABLE_COLUMNS, NoiseScheduler, step_from_table
+from dp_fast.ops.ddpm_step import TABLE_COLUMNS, step_from_table
+from dp_fast.schedulers import NoiseScheduler
 
 SHAPE = (3, 10, 7)  # (B, T, Da)
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")

@@ -135,6 +135,7 @@ class ObsEncoder(nn.Module):
         self.crop_shape = tuple(crop_shape) if crop_shape is not None else None
         self.crop_mode = crop_mode
         self.eval_fixed_crop = eval_fixed_crop
+        self._centre: Dict[tuple, torch.Tensor] = {}
         self.obs_nets = nn.ModuleDict()
         self.feature_dims: Dict[str, int] = {}
         for key, meta in self.obs_meta.items():
@@ -162,8 +163,15 @@ class ObsEncoder(nn.Module):
                 offsets = random_crop_offsets(x.shape[0], hw, self.crop_shape, mode=self.crop_mode,
                                               generator=generator, device=x.device)
             else:
-                offsets = center_crop_offsets(x.shape[0], hw, self.crop_shape, device=x.device)
-        return random_crop(x.contiguous(), offsets, self.crop_shape, normalize=False, backend=backend)
+                offsets = self._centre_offsets(x.shape[0], hw, x.device)
+        return random_crop(x.contiguous(), offsets, self.crop_shape, normalize=False, backend=backend).to(x.dtype)
+
+    def _centre_offsets(self, n: int, hw, device) -> torch.Tensor:
+        """The eval crop's offsets, made once per (N, image size, device): no host-to-device copy per call."""
+        key = (n, hw, str(device))
+        if key not in self._centre:
+            self._centre[key] = center_crop_offsets(n, hw, self.crop_shape, device=device)
+        return self._centre[key]
 
     def forward(self, obs: Dict[str, torch.Tensor], crop_offsets: Optional[Dict[str, torch.Tensor]] = None,
                 generator: Optional[torch.Generator] = None, crop_backend: Optional[str] = None) -> torch.Tensor:

@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 
+from . import _triton_ops  # noqa: F401  (registers torch.ops.dp_fast.<op>_triton)
 from ._common import FLOAT_DTYPES, check_contiguous, check_like, check_tensor, device_guard, resolve
 
 OP = "add_noise"
@@ -52,7 +53,6 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, al
         return add_noise_ref(x0, noise, timesteps, alphas_cumprod)
     check_contiguous(OP, name, x0=x0, noise=noise, timesteps=timesteps, alphas_cumprod=alphas_cumprod)
     if name == "triton":
-        from . import _triton_ops  # noqa: F401  (registers torch.ops.dp_fast.add_noise_triton)
         with device_guard(x0.device):
             return torch.ops.dp_fast.add_noise_triton(x0, noise, timesteps, alphas_cumprod)
     return torch.ops.dp_fast.add_noise(x0, noise, timesteps, alphas_cumprod)

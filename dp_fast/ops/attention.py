@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 
 from ._common import FLOAT_DTYPES, check_tensor, device_guard, resolve
+from ._triton_ops import kernels
 
 OP = "attention"
 MAX_TOKENS = 64     # T and S: one (T_PAD, S_PAD) score tile per program in the kernel
@@ -115,9 +116,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
         m4 = _additive(mask).to(torch.float32)
         m4 = m4.reshape((1,) * (4 - m4.dim()) + tuple(m4.shape)).expand(q.shape[0], q.shape[1], q.shape[2],
                                                                         k.shape[2])
-    from dp_fast.kernels.attention import attention_triton
     with device_guard(q.device):
-        return attention_triton(q, k, v, m4, is_causal)
+        return kernels("attention").attention_triton(q, k, v, m4, is_causal)
 
 
 __all__ = ["attention", "attention_ref"]

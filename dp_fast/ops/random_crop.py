@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from . import _triton_ops  # noqa: F401  (registers torch.ops.dp_fast.<op>_triton)
 from ._common import FLOAT_DTYPES, check_contiguous, check_tensor, device_guard, resolve
 
 OP = "random_crop"
@@ -81,7 +82,6 @@ def random_crop(images: torch.Tensor, offsets: torch.Tensor, size: Size, *, norm
         return random_crop_ref(images, offsets, (h, w), normalize)
     check_contiguous(OP, name, images=images, offsets=offsets)
     if name == "triton":
-        from . import _triton_ops  # noqa: F401  (registers torch.ops.dp_fast.random_crop_triton)
         with device_guard(images.device):
             return torch.ops.dp_fast.random_crop_triton(images, offsets, h, w, normalize)
     return torch.ops.dp_fast.random_crop(images, offsets, h, w, bool(normalize))

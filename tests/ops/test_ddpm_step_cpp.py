@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dp_fast import _ext
-from dp_fast.schedulers import step_from_table
+from dp_fast.ops.ddpm_step import step_from_table
 
 pytestmark = pytest.mark.skipif(not _ext.available(), reason=_ext.unavailable_reason())
 
