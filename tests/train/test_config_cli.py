@@ -2,8 +2,8 @@
 import pytest
 
 from dp_fast.cli import main
-from dp_fast.train.config import (DEBUG_OVERRIDES, PRESETS, WRIST_CPU_KEYS, TrainConfig, apply_overrides,
-                                  build_config, canonical_key, parse_overrides, policy_config_for,
+from dp_fast.train.config import (DEBUG_OVERRIDES, PRESETS, SEED_TASK_CPU_KEYS, WRIST_CPU_KEYS, TrainConfig,
+                                  apply_overrides, build_config, canonical_key, parse_overrides, policy_config_for,
                                   shape_meta_from_file)
 from dp_fast.train.trainer import Trainer
 from tests.data.make_hdf5 import make_demos, write_robomimic
@@ -80,9 +80,11 @@ def test_cli_unknown_key_and_missing_out(tmp_path, capsys):
     assert "--dataset" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("preset", ["cpu", "cpu-can", "cpu-square"])
-def test_cpu_presets_build_and_train(preset, tmp_path):
-    """Each task preset builds its policy from a file with the wrist camera at 48 px and trains a few steps."""
+@pytest.mark.parametrize("preset,keys", [("cpu", WRIST_CPU_KEYS), ("cpu-can", SEED_TASK_CPU_KEYS),
+                                         ("cpu-square", SEED_TASK_CPU_KEYS)])
+def test_cpu_presets_build_and_train(preset, keys, tmp_path):
+    """Each task preset builds its policy from a file with both cameras at 48 px (Lift's uses the wrist
+    camera only, Can's and Square's both) and trains a few steps."""
     meta = {"obs": {"robot0_eye_in_hand_image": {"shape": [3, 48, 48], "type": "rgb"},
                     "agentview_image": {"shape": [3, 48, 48], "type": "rgb"},
                     "robot0_eef_pos": {"shape": [3]}, "robot0_eef_quat": {"shape": [4]},
@@ -92,8 +94,8 @@ def test_cpu_presets_build_and_train(preset, tmp_path):
     write_robomimic(data, make_demos([20, 20, 20], meta, 0))
     cfg = build_config(preset, {"task.dataset_path": str(data), "training.max_total_steps": 2,
                                 "training.val_every": 0, "training.sample_every": 0, "dataloader.batch_size": 4})
-    assert cfg.task.obs_keys == WRIST_CPU_KEYS
+    assert cfg.task.obs_keys == keys
     tr = Trainer(cfg, tmp_path / "out", quiet=True)
-    assert list(tr.policy.config.shape_meta["obs"]) == WRIST_CPU_KEYS   # agentview is in the file, not used
+    assert list(tr.policy.config.shape_meta["obs"]) == keys
     tr.run()
     assert tr.global_step == 2 and (tmp_path / "out" / "checkpoints" / "latest.safetensors").exists()
