@@ -76,7 +76,7 @@ def make_step(opts):
     opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), **kw)
     ema = EMAModel(policy)
     if opts.get("compile"):
-        from dp_fast.train.trainer import compile_for_training
+        from dp_fast.train.build import compile_for_training
         compile_for_training(policy)
     loss_backend = None if opts.get("fast_ops") else "reference"  # None: the policy's resolved ops
 

@@ -1,4 +1,5 @@
-"""`dp-fast` command line: demo (here), demos and eval (dp_fast.sim), train (dp_fast.train.cli)."""
+"""`dp-fast` command line: demo (here), demos and eval (dp_fast.sim), train (dp_fast.train.cli),
+convert (dp_fast.data.convert), curves (dp_fast.train.curves_cli)."""
 from __future__ import annotations
 
 import argparse
@@ -13,11 +14,13 @@ import torch
 from .atomic_file import atomic_write
 from .backends import available_backends
 from .config import PolicyConfig
+from .data import convert as convert_cli
 from .load import load_policy
 from .policy import DiffusionPolicy
 from .sim import demos as demos_cli
 from .sim import eval as eval_cli
 from .train import cli as train_cli
+from .train import curves_cli
 
 
 def _demo(args) -> int:
@@ -127,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     # the simulator (the optional `sim` extra) is imported only when demos / eval run
     for name, mod, help_text in (
             ("demos", demos_cli, "generate scripted-expert demonstrations in robomimic's hdf5 layout"),
-            ("train", train_cli, "train a policy from a robomimic-format hdf5 file (resumes in the same --out)"),
-            ("eval", eval_cli, "evaluate a policy by rollouts in robosuite")):
+            ("train", train_cli, "train a policy from a robomimic hdf5 file or a LeRobotDataset v3.0 folder "
+                                 "(resumes in the same --out)"),
+            ("eval", eval_cli, "evaluate a policy by rollouts in robosuite"),
+            ("convert", convert_cli, "write a LeRobotDataset v3.0 copy of a robomimic hdf5 file (PyAV + pyarrow)"),
+            ("curves", curves_cli, "draw a training run's curves (PNG) again from its logs.jsonl / steps.jsonl")):
         sp = sub.add_parser(name, help=help_text)
         mod.add_arguments(sp)
         sp.set_defaults(func=mod.run)

@@ -136,6 +136,8 @@ class DiffusionPolicy(nn.Module):
         """Check obs; return ({key: normalized (B * steps, ...)} of the first `steps` frames, B).
 
         obs[key]: (B, To', *shape) with To' >= steps; images (B, To', C, H, W) uint8 or float in [0, 1].
+        A key may also be given under its dataset name (shape_meta's "dataset_key", e.g. LeRobot's
+        `observation.images.wrist` for the policy key `observation_images_wrist`).
         """
         steps = self.n_obs_steps if steps is None else steps
         if not isinstance(obs, Mapping):
@@ -144,10 +146,14 @@ class DiffusionPolicy(nn.Module):
         out, batch = {}, None
         device, dtype = self.device, self.dtype
         for key, meta in self.config.shape_meta["obs"].items():
-            if key not in obs:
-                raise ObsError(f"obs is missing key '{key}' (expected (B, >={steps}, {', '.join(map(str, meta['shape']))})); "
-                               f"given keys: {sorted(obs)}")
-            x = obs[key]
+            # a LeRobot feature whose name is not a valid module name (dots) keeps it as "dataset_key":
+            # the observation may come under either name
+            name = meta.get("dataset_key", key)
+            if key not in obs and name not in obs:
+                also = f" or '{name}'" if name != key else ""
+                raise ObsError(f"obs is missing key '{key}'{also} (expected (B, >={steps}, "
+                               f"{', '.join(map(str, meta['shape']))})); given keys: {sorted(obs)}")
+            x = obs[key] if key in obs else obs[name]
             shape = tuple(int(s) for s in meta["shape"])
             is_rgb = meta.get("type", "low_dim") == "rgb"
             if not torch.is_tensor(x):

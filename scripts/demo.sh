@@ -25,16 +25,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
 OUT=${OUT:-out/demo}
-T0=$(date +%s)
-stamp() { echo; echo "==> [$(( $(date +%s) - T0 )) s] $*"; }
 
-stamp "venv + torch + triton"; setup_venv
-stamp "install (builds dp_fast._C; extras $DP_FAST_EXTRAS)"; install_project
+setup_and_install
 PY="$VENV/bin/python"
 DPF="$VENV/bin/dp-fast"
 mkdir -p "$OUT"
 
-DEVICE=${DP_FAST_DEMO_DEVICE:-$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}
+DEVICE=${DP_FAST_DEMO_DEVICE:-$(default_device)}
 N=${DP_FAST_DEMO_N:-100}
 EPISODES=${DP_FAST_DEMO_EPISODES:-50}
 PERTURB=${DP_FAST_DEMO_PERTURB:-0.3}

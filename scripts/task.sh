@@ -23,18 +23,15 @@ TASK=${1:?usage: bash scripts/task.sh can|square|lift}
 case "$TASK" in lift|can|square) ;; *) echo "unknown task '$TASK' (lift, can, square)" >&2; exit 2 ;; esac
 . scripts/setup.sh
 OUT=${OUT:-out/$TASK}
-T0=$(date +%s)
-stamp() { echo; echo "==> [$(( $(date +%s) - T0 )) s] $*"; }
 
 if [ "${DP_FAST_TASK_SKIP_SETUP:-0}" != 1 ]; then
-  stamp "venv + torch + triton"; setup_venv
-  stamp "install (builds dp_fast._C; extras $DP_FAST_EXTRAS)"; install_project
+  setup_and_install
 fi
 PY="$VENV/bin/python"
 DPF="$VENV/bin/dp-fast"
 mkdir -p "$OUT"
 
-DEVICE=${DP_FAST_TASK_DEVICE:-$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}
+DEVICE=${DP_FAST_TASK_DEVICE:-$(default_device)}
 N=${DP_FAST_TASK_N:-200}
 PERTURB=${DP_FAST_TASK_PERTURB:-0.3}
 EPISODES=${EPISODES:-100}

@@ -4,13 +4,12 @@ temporary file behind, and the package's writers (policy file, resume state, cur
 import os
 import stat
 
-import numpy as np
 import pytest
 import torch
 
 from dp_fast import DiffusionPolicy, PolicyConfig, load_policy
 from dp_fast.atomic_file import atomic_write
-from dp_fast.train.log import write_png
+from dp_fast.train.curves import plot_curves
 from dp_fast.train.resume import write_state
 from tests.data.make_hdf5 import SMALL_META
 
@@ -37,7 +36,7 @@ def test_written_files_get_the_umask_mode(tmp_path, umask):
     policy = _tiny_policy()
     policy.save(tmp_path / "p.safetensors")
     write_state({"global_step": 3}, tmp_path / "latest.train.pt")
-    write_png(tmp_path / "curves.png", np.zeros((4, 6, 3), np.uint8))
+    plot_curves(tmp_path / "curves.png", [{"global_step": 1, "train_loss": 0.5, "lr": 1e-4}], [])
     with atomic_write(tmp_path / "sub" / "x.txt") as tmp:  # the folder is created
         tmp.write_text("x")
     for name in ("p.safetensors", "latest.train.pt", "curves.png", "sub/x.txt"):

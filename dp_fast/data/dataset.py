@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ..normalizer import LinearNormalizer, fit_identity, fit_limits, image_range_field, stats_of
-from .robomimic import ACTION_KEY, ReplayBuffer, load_robomimic_hdf5, parse_shape_meta
+from .buffer import ACTION_KEY, ReplayBuffer, parse_shape_meta
+from .formats import load_dataset
 from .sampler import IndexLike, SequenceSampler, downsample_mask, get_val_mask
 
 ACTION_NORMS = ("identity", "limits")
@@ -53,7 +54,7 @@ class RobomimicImageDataset:
         self.val_ratio, self.seed, self.max_train_episodes = val_ratio, seed, max_train_episodes
         self.action_norm = action_norm
 
-        self.replay_buffer = buffer if buffer is not None else load_robomimic_hdf5(path, shape_meta)
+        self.replay_buffer = buffer if buffer is not None else load_dataset(path, shape_meta)
         if torch.device(device) != self.replay_buffer.device:
             self.replay_buffer.to(device)
         n = self.replay_buffer.n_episodes

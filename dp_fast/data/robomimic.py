@@ -1,15 +1,9 @@
-"""Read a robomimic-format hdf5 file into an in-memory replay buffer.
+"""Read a robomimic-format hdf5 file into the in-memory replay buffer (buffer.py).
 
 File layout (robomimic): `data/demo_<i>/actions (N, Da)`, `data/demo_<i>/obs/<key> (N, ...)`, images
 `(N, H, W, C) uint8` stored top-to-bottom; optional `mask/<split>` (arrays of demo names) and
-`data.attrs['env_args']` (JSON).
-
-The buffer holds, per key, one contiguous tensor over all episodes (episode after episode) plus
-`episode_ends` (exclusive end of each episode), like the original's zarr ReplayBuffer, but:
-  * images are kept uint8 and stored CHW, (N, C, H, W), so a gather yields the policy's layout directly
-    (the original stores HWC and moves the axis and divides by 255 per sample);
-  * low-dim obs and actions are float32 (the original casts them the same way);
-  * no Jpeg2k compression: the raw arrays live in RAM (or on a GPU after `to(device)`).
+`data.attrs['env_args']` (JSON). Images are moved to CHW once, at load (the original stores HWC and
+moves the axis per sample); low-dim obs and actions become float32, as in the original.
 """
 from __future__ import annotations
 
@@ -22,39 +16,11 @@ import h5py
 import numpy as np
 import torch
 
-ACTION_KEY = "action"
+from ..config import SEED_SHAPE_META
+from .buffer import ACTION_KEY, DatasetError, ReplayBuffer, parse_shape_meta
+from .frames import check_fits_in_memory, resize_frames
+
 _DEMO_RE = re.compile(r"^demo_(\d+)$")
-
-
-class DatasetError(ValueError):
-    """A dataset file that does not match what the policy's shape_meta asks for."""
-
-
-Shapes = Dict[str, Tuple[int, ...]]
-
-
-def parse_shape_meta(shape_meta: Mapping[str, Any]) -> Tuple[Shapes, Shapes, int]:
-    """Split shape_meta into (rgb {key: (C, H, W)}, low_dim {key: shape}, action_dim), in dict order."""
-    if "obs" not in shape_meta or "action" not in shape_meta:
-        raise DatasetError(f"shape_meta needs 'obs' and 'action' entries, got keys {list(shape_meta)}")
-    rgb, low = {}, {}
-    for key, meta in shape_meta["obs"].items():
-        kind = meta.get("type", "low_dim")
-        shape = tuple(int(s) for s in meta["shape"])
-        if kind == "rgb":
-            if len(shape) != 3:
-                raise DatasetError(f"shape_meta obs '{key}': rgb shape must be [C, H, W], got {list(shape)}")
-            rgb[key] = shape
-        elif kind == "low_dim":
-            low[key] = shape
-        else:
-            raise DatasetError(f"shape_meta obs '{key}': type must be 'rgb' or 'low_dim', got {kind!r}")
-    act = tuple(int(s) for s in shape_meta["action"]["shape"])
-    if len(act) != 1:
-        raise DatasetError(f"shape_meta['action']['shape'] must be 1-d, got {list(act)}")
-    if ACTION_KEY in rgb or ACTION_KEY in low:
-        raise DatasetError(f"shape_meta obs may not use the reserved key '{ACTION_KEY}'")
-    return rgb, low, act[0]
 
 
 def sorted_demo_names(names) -> List[str]:
@@ -75,54 +41,14 @@ def sorted_demo_names(names) -> List[str]:
     return [found[i] for i in sorted(found)]
 
 
-class ReplayBuffer:
-    """Episodes concatenated per key.
-
-    data['action']: (N, Da) float32; data[low_dim key]: (N, *shape) float32; data[rgb key]: (N, C, H, W) uint8.
-    episode_ends: (E,) int64 numpy, exclusive ends; episode e is rows episode_ends[e-1]:episode_ends[e].
-    """
-
-    def __init__(self, data: Dict[str, torch.Tensor], episode_ends: np.ndarray, demo_names: List[str],
-                 env_args: Optional[dict] = None, masks: Optional[Dict[str, List[str]]] = None,
-                 path: Optional[str] = None):
-        self.data = data
-        self.episode_ends = np.asarray(episode_ends, dtype=np.int64)
-        self.demo_names = list(demo_names)
-        self.env_args = env_args
-        self.masks = masks or {}
-        self.path = path
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self.data[key]
-
-    def keys(self):
-        return self.data.keys()
-
-    @property
-    def n_episodes(self) -> int:
-        return len(self.episode_ends)
-
-    @property
-    def n_steps(self) -> int:
-        return int(self.episode_ends[-1]) if len(self.episode_ends) else 0
-
-    @property
-    def episode_lengths(self) -> np.ndarray:
-        return np.diff(self.episode_ends, prepend=0)
-
-    @property
-    def device(self) -> torch.device:
-        return next(iter(self.data.values())).device
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.data.values())
-
-    def to(self, device) -> "ReplayBuffer":
-        """Move every array to `device` (once, e.g. GPU residency); returns self."""
-        device = torch.device(device)
-        for k in list(self.data):
-            self.data[k] = self.data[k].to(device)
-        return self
+def demo_names_in(f: h5py.File, path) -> List[str]:
+    """The open file's demo_<i> names in numeric order; DatasetError without a 'data' group or a demo."""
+    if "data" not in f:
+        raise DatasetError(f"{path}: no 'data' group (robomimic layout is data/demo_<i>/...)")
+    names = sorted_demo_names(f["data"].keys())
+    if not names:
+        raise DatasetError(f"{path}: 'data' holds no demo_<i> groups")
+    return names
 
 
 def _open(path: str) -> h5py.File:
@@ -154,13 +80,14 @@ def _check_dataset(path, demo, key, ds, n, frame_shape, kind) -> None:
 
 
 def load_robomimic_hdf5(path, shape_meta: Mapping[str, Any], demo_names: Optional[List[str]] = None,
-                        device="cpu") -> ReplayBuffer:
+                        device="cpu", resize: bool = False) -> ReplayBuffer:
     """Read the keys named in shape_meta (+ 'actions') of every demo into a ReplayBuffer.
 
     Everything is checked before any array is read: at least one demo, no empty demo, every key
     present with the per-frame shape and dtype of shape_meta and the demo's length. Errors are
     DatasetError naming the file, demo and key, what was expected and what was found.
     demo_names: read only these demos, in this order (default: all demo_<int>, numeric order).
+    resize: images of any stored H, W (with shape_meta's channels) are resized to shape_meta's.
     """
     path = os.fspath(path)
     rgb, low, da = parse_shape_meta(shape_meta)
@@ -189,6 +116,8 @@ def load_robomimic_hdf5(path, shape_meta: Mapping[str, Any], demo_names: Optiona
                     have = list(demo["obs"].keys()) if key != ACTION_KEY and "obs" in demo else list(demo.keys())
                     raise DatasetError(f"{path}: {name}: missing {what} (expected {h5name} of per-frame shape "
                                        f"{tuple(frame_shape)}); found {have}")
+                if resize and kind == "rgb" and demo[h5name].ndim == 4:
+                    frame_shape = tuple(demo[h5name].shape[1:3]) + frame_shape[2:]
                 _check_dataset(path, name, key, demo[h5name], n, frame_shape, kind)
                 if n is None:
                     n = demo[h5name].shape[0]
@@ -198,6 +127,7 @@ def load_robomimic_hdf5(path, shape_meta: Mapping[str, Any], demo_names: Optiona
         ends = np.cumsum(np.asarray(lengths, dtype=np.int64))
         starts = ends - np.asarray(lengths, dtype=np.int64)
         total = int(ends[-1])
+        check_fits_in_memory(shape_meta, total, path)
 
         data: Dict[str, torch.Tensor] = {}
         for key, h5name, frame_shape, kind in specs:
@@ -206,7 +136,7 @@ def load_robomimic_hdf5(path, shape_meta: Mapping[str, Any], demo_names: Optiona
                 out = torch.empty((total, c, h, w), dtype=torch.uint8)
                 for name, s, e in zip(names, starts, ends):
                     arr = torch.from_numpy(grp[name][h5name][()])  # (n, H, W, C)
-                    out[s:e].copy_(arr.permute(0, 3, 1, 2))
+                    out[s:e].copy_(resize_frames(arr.permute(0, 3, 1, 2), (h, w)))
             else:
                 out = torch.empty((total,) + tuple(frame_shape), dtype=torch.float32)
                 for name, s, e in zip(names, starts, ends):
@@ -229,3 +159,53 @@ def load_robomimic_hdf5(path, shape_meta: Mapping[str, Any], demo_names: Optiona
     if torch.device(device).type != "cpu":
         buf.to(device)
     return buf
+
+
+def robomimic_shape_meta(path, obs_keys: Optional[List[str]] = None) -> Dict[str, Any]:
+    """shape_meta from the first demo of a robomimic hdf5 file: uint8 (N, H, W, C) arrays are rgb
+    [C, H, W], (N, D) numeric arrays low_dim [D]. Keys: obs_keys in that order; default the seed's
+    keys present in the file (seed order), or every usable key when none of them is there."""
+    with _open(str(path)) as f:
+        names = demo_names_in(f, path)
+        demo = f["data"][names[0]]
+        if "actions" not in demo or demo["actions"].ndim != 2:
+            raise DatasetError(f"{path}: {names[0]}: missing 2-d 'actions' array")
+        avail = {}
+        for key, ds in (demo["obs"].items() if "obs" in demo else []):
+            if not isinstance(ds, h5py.Dataset):
+                continue
+            if ds.dtype == np.uint8 and ds.ndim == 4:
+                h, w, c = ds.shape[1:]
+                avail[key] = {"shape": [int(c), int(h), int(w)], "type": "rgb"}
+            elif ds.ndim == 2 and np.issubdtype(ds.dtype, np.number):
+                avail[key] = {"shape": [int(ds.shape[1])]}
+        action_dim = int(demo["actions"].shape[1])
+    if obs_keys is None:
+        obs_keys = [k for k in SEED_SHAPE_META["obs"] if k in avail] or list(avail)
+    missing = [k for k in obs_keys if k not in avail]
+    if missing:
+        raise DatasetError(f"{path}: {names[0]}: obs keys {missing} not found (or not image / 1-d arrays); "
+                           f"usable keys: {sorted(avail)}")
+    if not obs_keys:
+        raise DatasetError(f"{path}: {names[0]}: no usable obs keys")
+    return {"obs": {k: dict(avail[k]) for k in obs_keys}, "action": {"shape": [action_dim]}}
+
+
+def read_start_states(path, n: int, start: int) -> Tuple[dict, List[Dict[str, Any]]]:
+    """(the file's env_args, n rollout episodes starting from data/demo_{start + i}'s first stored state)."""
+    with _open(str(path)) as f:
+        if "data" not in f or "env_args" not in f["data"].attrs:
+            raise DatasetError(f"{path}: no data.attrs['env_args'] (the simulator settings rollouts need)")
+        raw = f["data"].attrs["env_args"]
+        env_args = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+        eps = []
+        for i in range(start, start + n):
+            if f"demo_{i}" not in f["data"]:
+                raise DatasetError(f"{path}: no data/demo_{i} for train episode {i - start} (train_start_idx "
+                                   f"{start}, n_train {n}; the file has {len(f['data'])} demos)")
+            g = f["data"][f"demo_{i}"]
+            state = {"states": np.asarray(g["states"][0])}
+            if "model_file" in g.attrs:
+                state["model"] = g.attrs["model_file"]
+            eps.append({"split": "train", "demo": i, "state": state})
+    return env_args, eps

@@ -116,17 +116,21 @@ class DemoRecorder:
 
 # ----------------------------------------------------------------------------------- worker processes
 _WORKER: Optional[DemoRecorder] = None
+_STOP = None  # the pool's stop event: set, the attempts not started yet are skipped
 
 
-def _worker_init(env_args, max_steps, hold_steps, next_obs, perturb):
-    global _WORKER
-    # a worker ignores Ctrl-C: the parent handles it and terminates the pool
+def _worker_init(env_args, max_steps, hold_steps, next_obs, perturb, stop):
+    global _WORKER, _STOP
+    # a worker ignores Ctrl-C: the parent handles it and stops the pool
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _STOP = stop
     _WORKER = DemoRecorder(env_args, max_steps, hold_steps, next_obs, perturb)
 
 
 def _worker_attempt(job):
     k, seed = job
+    if _STOP.is_set():
+        return None
     return _WORKER.attempt(k, seed)
 
 
@@ -151,7 +155,7 @@ def attempt_results(env_args: Mapping[str, Any], n_jobs: int, seed: int, workers
                     max_steps: Optional[int], hold_steps: int, next_obs: bool,
                     perturb: float = 0.0) -> Iterator[Dict[str, Any]]:
     """Results of attempts 0 .. n_jobs - 1 in order of k (with workers > 1, computed ahead by a pool of
-    spawned processes; closing the generator terminates them)."""
+    spawned processes; closing the generator stops them)."""
     if workers <= 1:
         rec = DemoRecorder(env_args, max_steps, hold_steps, next_obs, perturb)
         try:
@@ -162,13 +166,18 @@ def attempt_results(env_args: Mapping[str, Any], n_jobs: int, seed: int, workers
         return
     ctx = mp.get_context("spawn")
     added = _single_thread_env()
+    stop = ctx.Event()
     try:
         pool = ctx.Pool(workers, initializer=_worker_init,
-                        initargs=(env_args, max_steps, hold_steps, next_obs, perturb))
+                        initargs=(env_args, max_steps, hold_steps, next_obs, perturb, stop))
     finally:
         _unset(added)
     try:
         yield from pool.imap(_worker_attempt, ((k, seed) for k in range(n_jobs)), chunksize=1)
     finally:
-        pool.terminate()
+        # Not pool.terminate(): a worker killed while it sends a result holds the result queue's lock
+        # and the pool's shutdown then waits on it for ever (seen at the end of `dp-fast demos`). The
+        # workers skip what is left and finish the attempt they are in (one episode at most).
+        stop.set()
+        pool.close()
         pool.join()

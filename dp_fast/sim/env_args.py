@@ -3,7 +3,8 @@
     make_env_args("can", image_size=84)   # {"env_name", "type", "env_version", "env_kwargs", "dp_fast"}
 
 robosuite (and with it mujoco) is imported only when a function here needs it, so that `dp_fast.sim`
-imports without the `sim` extra.
+imports without the `sim` extra. Importing this module sets two things up for that import: MUJOCO_GL
+(headless rendering) and the filter for robosuite's known import-time messages (`robosuite_log`).
 """
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import os
 import platform
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from . import robosuite_log
 from .tasks import TASKS
 
 if platform.system() == "Linux":
     # Headless by default. Must be set before mujoco / robosuite import an OpenGL backend.
     os.environ.setdefault("MUJOCO_GL", "egl")
+# robosuite's known import-time messages (robosuite_log): filtered before it is first imported
+robosuite_log.install()
 
 DEFAULT_CAMERAS = ("agentview", "robot0_eye_in_hand")
 # This package's settings, recorded in env_args["dp_fast"] (not robosuite kwargs; robomimic ignores them):

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-import h5py
-import numpy as np
-
-from .env import ROBOT_KEYS, camera_size, env_args_from_json, make_env_args
+from ..data.formats import sim_start_states
+from .env import ROBOT_KEYS, camera_size, make_env_args
 from .tasks import rollout_max_steps
 
 VIDEO_CAMERA = "agentview"
@@ -47,7 +45,7 @@ def plan_rollouts(policy, *, task: Optional[str], dataset, n_train: int, n_test:
     meta = policy_obs_meta(policy)
     ds_env_args, episodes = None, []
     if dataset is not None:
-        ds_env_args, episodes = read_train_states(dataset, n_train, train_start_idx)
+        ds_env_args, episodes = sim_start_states(dataset, n_train, train_start_idx)
     elif task is None:
         raise ValueError("give a task or a dataset")
     episodes += [{"split": "test", "seed": int(seed) + i} for i in range(n_test)]
@@ -74,23 +72,6 @@ def policy_obs_meta(policy) -> Dict[str, Any]:
     if meta is None or "obs" not in meta:
         raise ValueError("policy needs config.shape_meta (or shape_meta) with an 'obs' entry")
     return dict(meta["obs"])
-
-
-def read_train_states(dataset, n_train: int, start: int):
-    """(the file's env_args, train episodes starting from data/demo_{start + i}'s first stored state)."""
-    with h5py.File(dataset, "r") as f:
-        env_args = env_args_from_json(f["data"].attrs["env_args"])
-        eps = []
-        for i in range(start, start + n_train):
-            if f"demo_{i}" not in f["data"]:
-                raise ValueError(f"{dataset}: no data/demo_{i} for train episode {i - start} (train_start_idx "
-                                 f"{start}, n_train {n_train}; the file has {len(f['data'])} demos)")
-            g = f["data"][f"demo_{i}"]
-            state = {"states": np.asarray(g["states"][0])}
-            if "model_file" in g.attrs:
-                state["model"] = g.attrs["model_file"]
-            eps.append({"split": "train", "demo": i, "state": state})
-    return env_args, eps
 
 
 def env_args_for(policy_meta: Mapping[str, Any], task: Optional[str], dataset_env_args, cameras, video: bool):

@@ -14,26 +14,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 
 from .. import load_policy
+from ..atomic_file import atomic_write
 from .runner import run_rollouts
 from .tasks import TASKS
+from .video import still_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--policy", required=True, help="checkpoint: dp_fast .safetensors or original .ckpt")
     parser.add_argument("--task", choices=sorted(TASKS), default=None,
                         help="task (default: the dataset's env; lift without a dataset)")
-    parser.add_argument("--dataset", default=None, help="robomimic hdf5: env_args and train initial states")
+    parser.add_argument("--dataset", default=None, help="robomimic hdf5 (or its `dp-fast convert` LeRobot copy): "
+                                                         "env_args and train initial states")
     parser.add_argument("--episodes", type=int, default=10, help="test episodes (seeded resets)")
     parser.add_argument("--train-episodes", type=int, default=0,
                         help="episodes from the dataset's initial states (needs --dataset)")
     parser.add_argument("--envs", type=int, default=2, help="parallel env worker processes (~0.3-1 GB each)")
-    parser.add_argument("--video", default=None, metavar="DIR", help="write mp4 videos of the first episodes here")
+    parser.add_argument("--video", default=None, metavar="DIR",
+                        help="write mp4 videos of the first episodes here, each with a PNG still beside it")
     parser.add_argument("--n-videos", type=int, default=1, help="videos per split (with --video)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="episode step limit (default: the task's, 400 for lift / can / square)")
@@ -78,7 +81,8 @@ def format_report(m: Dict[str, Any]) -> str:
     if m.get("worker_restarts"):
         lines.append(f"worker restarts: {m['worker_restarts']}")
     for p in m.get("video_paths", []):
-        lines.append(f"video: {p}")
+        still = still_path(p)
+        lines.append(f"video: {p}" + (f" (still: {still})" if still.is_file() else ""))
     lines.append(f"{m['n_episodes']} episodes, {m['env_steps']} env steps in {m['wall_s']:.1f} s "
                  f"(workers ready after {m['startup_s']:.1f} s)")
     return "\n".join(lines)
@@ -101,10 +105,10 @@ def run(args: argparse.Namespace) -> int:
                      progress=not args.no_progress)
     print(format_report(m))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         m = dict(m, policy=str(args.policy), device=str(device), backend=getattr(policy, "backend", None))
-        with open(args.json, "w") as f:
-            json.dump(m, f, indent=1)
+        with atomic_write(args.json) as tmp:
+            tmp.write_text(json.dumps(m, indent=1))
+        print(f"metrics: {args.json}")
     return 0
 
 

@@ -1,6 +1,8 @@
-"""mp4 writer for rollout videos (H.264 through the ffmpeg binary that `imageio-ffmpeg` ships).
+"""mp4 writer for rollout videos (H.264 through the ffmpeg binary that `imageio-ffmpeg` ships), and the
+PNG still written next to each video.
 
     path = write_video("out/test_000.mp4", frames, fps=20)   # frames: (T, H, W, 3) uint8
+    write_still(still_path(path), frames)                   # out/test_000.png
 
 The encoder is the first available of: the `imageio-ffmpeg` package (in the `sim` extra; it carries its
 own ffmpeg binary), an `ffmpeg` on PATH. Without either, the frames are saved losslessly as
@@ -73,6 +75,30 @@ def write_video(path: Union[str, os.PathLike], frames: Union[np.ndarray, Sequenc
         if proc.returncode != 0:
             raise RuntimeError(f"ffmpeg failed writing {path} ({proc.returncode}): "
                                f"{proc.stderr.decode(errors='replace').strip()[-500:]}")
+    return str(path)
+
+
+def still_path(video_path: Union[str, os.PathLike]) -> Path:
+    """Where the still of a video goes: the same name with .png (test_000.mp4 -> test_000.png)."""
+    p = Path(video_path)
+    name = p.name[:-len(".frames.npz")] if p.name.endswith(".frames.npz") else p.stem
+    return p.with_name(name + ".png")
+
+
+def write_still(path: Union[str, os.PathLike], frames, n: int = 4, min_height: int = 128) -> str:
+    """A PNG of `n` frames of a video side by side: the first, the last and evenly spaced ones between,
+    each enlarged by a whole factor (pixels repeated) to at least `min_height` rows, 4 white columns
+    apart. Written atomically; returns the path."""
+    from matplotlib.image import imsave
+
+    arr = _as_frames(frames)
+    picks = np.unique(np.linspace(0, len(arr) - 1, num=max(1, int(n))).round().astype(int))
+    scale = max(1, -(-int(min_height) // arr.shape[1]))
+    tiles = [np.repeat(np.repeat(arr[i], scale, axis=0), scale, axis=1) for i in picks]
+    gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
+    strip = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
+    with atomic_write(path, suffix=".tmp.png") as tmp:
+        imsave(tmp, strip, format="png")
     return str(path)
 
 

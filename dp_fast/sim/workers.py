@@ -27,7 +27,7 @@ from typing import Any, Dict, Mapping
 import numpy as np
 
 from .env import make_env, obs_to_policy
-from .video import write_video
+from .video import still_path, write_still, write_video
 
 # BLAS / OpenMP thread counts of a worker: the envs share few cores, one thread each
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -120,7 +120,9 @@ class EnvWorker:
             return ("obs" if want_obs else "ack", self._stacked() if want_obs else None, info)
         info.update(reward=self.reward, success=self.success, video=None)
         if self.video:
-            info["video"] = write_video(self.video, np.stack(self.frames), fps=self.fps)
+            frames = np.stack(self.frames)
+            info["video"] = write_video(self.video, frames, fps=self.fps)
+            write_still(still_path(self.video), frames)
             self.frames = []
         return ("done", None, info)
 
@@ -190,7 +192,9 @@ class WorkerHandle:
 def mp_context():
     """forkserver where available: its server imports robosuite (and this package) once and forks each
     worker from that state, so a worker starts (or is replaced) without re-importing them; it never
-    creates a GL context, so every worker makes its own. Elsewhere spawn."""
+    creates a GL context, so every worker makes its own. Elsewhere spawn. The modules are imported in
+    list order: this one imports env_args, which filters robosuite's known import-time messages
+    (robosuite_log) before robosuite is imported."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")

@@ -1,4 +1,4 @@
-"""`dp-fast train --dataset FILE.hdf5 --out DIR [--preset NAME] [key=value ...]`.
+"""`dp-fast train --dataset FILE.hdf5|LEROBOT_DIR --out DIR [--preset NAME] [--image-size N] [key=value ...]`.
 
 Overrides use the original workspace config's dotted names (training.num_epochs=5,
 dataloader.batch_size=32, policy.n_layer=4, optimizer.lr=3e-4, ...); values are Python literals.
@@ -10,14 +10,17 @@ import argparse
 import json
 import sys
 
-from ..data.robomimic import DatasetError
+from ..data.buffer import DatasetError
 from .config import PRESETS, build_config, known_keys, parse_overrides
 from .trainer import Trainer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="robomimic-format hdf5 file (task.dataset_path)")
-    p.add_argument("--out", help="output folder: logs.jsonl, steps.jsonl, curves.png, checkpoints/")
+    p.add_argument("--dataset", help="robomimic-format hdf5 file or LeRobotDataset v3.0 folder (task.dataset_path)")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="resize every image to N x N once, at load (task.image_size; [H, W] there)")
+    p.add_argument("--out", help="output folder: logs.jsonl, steps.jsonl, curves.png, checkpoints/ "
+                                 "(and wandb/ or tensorboard/ with logging.backend)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="named settings: " + ", ".join(sorted(PRESETS)))
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.add_argument("--list-keys", action="store_true", help="print the accepted override keys and exit")
@@ -37,6 +40,8 @@ def run(args) -> int:
         overrides = parse_overrides(args.overrides)
         if args.dataset:
             overrides = {"task.dataset_path": args.dataset, **overrides}
+        if args.image_size is not None:
+            overrides = {"task.image_size": args.image_size, **overrides}
         cfg = build_config(args.preset, overrides)
         if cfg.task.dataset_path is None:
             raise ValueError("no dataset: pass --dataset FILE.hdf5 (or task.dataset_path=...)")
@@ -65,6 +70,32 @@ def run(args) -> int:
     (trainer.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
     result = trainer.run()
     if not args.quiet:
-        print(f"done: epoch {result['epoch']}, step {result['global_step']}; "
-              f"EMA policy in {trainer.ckpt.policy_path}")
+        print(summary(trainer, result))
     return 0
+
+
+def summary(trainer: Trainer, result) -> str:
+    """The lines printed when `dp-fast train` ends: where it stopped, the last numbers, the files."""
+    out = trainer.out
+    started = trainer.resumed_from or 0
+    lines = [f"done: epoch {result['epoch']}, step {result['global_step']} ({result['global_step'] - started} steps "
+             f"in {result['seconds'] / 60:.1f} min" + (f", resumed at step {started}" if started else "") + ")"
+             + (f"; stopped: {result['stopped']} (run the same command again to continue)"
+                if result.get("stopped") else "")]
+    last = [f"{k} {result[k]:.4g}" for k in ("train_loss", "val_loss", "train_action_mse_error",
+                                               "test_mean_score", "train_mean_score")
+            if isinstance(result.get(k), float)]
+    if last:
+        lines.append("last epoch: " + ", ".join(last))
+    if trainer.ckpt.topk:
+        value, name = trainer.ckpt.topk[0]
+        lines.append(f"best {trainer.ckpt.monitor_key} {value:.4g}: {trainer.ckpt.dir / name}")
+    lines.append(f"EMA policy: {trainer.ckpt.policy_path}")
+    lines.append(f"logs: {out / 'logs.jsonl'}, {out / 'steps.jsonl'}; curves: {out / 'curves.png'}")
+    lg, st = trainer.cfg.logging, trainer.tracker_state
+    if lg.backend == "tensorboard":
+        lines.append(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+    elif lg.backend == "wandb" and st is not None:
+        sync = f" (`wandb sync {out / 'wandb'}/offline-run-*` uploads it)" if lg.mode == "offline" else ""
+        lines.append(f"wandb: run {st.run_id}, project {lg.project}, mode {lg.mode}{sync}")
+    return "\n".join(lines)

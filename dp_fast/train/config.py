@@ -1,7 +1,7 @@
 """TrainConfig: the original workspace's config sections as dataclasses, presets, dotted overrides.
 
 Section and field names follow the original `train_diffusion_transformer_hybrid_workspace.yaml`
-(training.*, optimizer.*, ema.*, dataloader.*, val_dataloader.*, checkpoint.topk.*, task.*), so an
+(training.*, optimizer.*, ema.*, dataloader.*, val_dataloader.*, checkpoint.topk.*, task.*, logging.*), so an
 override such as `training.num_epochs=5` means what it means there. Policy settings are PolicyConfig
 fields (`policy.n_layer=4`, `policy.scheduler.kind=ddim`); a few original spellings are aliases
 (`optimizer.lr`, `policy.noise_scheduler.*`, top-level `horizon`, `task.dataset.*`).
@@ -16,11 +16,9 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import h5py
-import numpy as np
-
 from ..config import SEED_SHAPE_META, PolicyConfig, SchedulerConfig
-from ..data.robomimic import DatasetError, _open, sorted_demo_names
+from ..data.frames import parse_image_size
+from .tracker import BACKENDS, WANDB_MODES
 
 
 @dataclass
@@ -115,6 +113,8 @@ class EnvRunnerSection:
 class TaskSection:
     dataset_path: Optional[str] = None
     obs_keys: Optional[List[str]] = None   # None: the seed's keys present in the file (else all keys)
+    # None: images as stored; N or [H, W]: every image resized once, at load (--image-size)
+    image_size: Optional[Any] = None
     fixed_shape_meta: Optional[Dict[str, Any]] = None  # a preset's shape_meta; the file must match it
     val_ratio: float = 0.02
     seed: int = 42                    # the dataset split seed (task.dataset.seed in the original)
@@ -122,6 +122,19 @@ class TaskSection:
     action_norm: str = "identity"     # identity (the original, delta actions) | limits
     gpu_resident: bool = False        # keep the replay buffer on the training device
     env_runner: EnvRunnerSection = field(default_factory=EnvRunnerSection)
+
+
+@dataclass
+class LoggingSection:
+    """The original's `logging` section (its wandb.init arguments) plus the backend (tracker.py)."""
+    backend: str = "none"             # none (JSON lines only, always written) | wandb | tensorboard
+    project: str = "dp_fast"
+    name: Optional[str] = None        # None: wandb picks one
+    mode: str = "online"              # wandb: online | offline (no network; `wandb sync` later) | disabled
+    tags: List[str] = field(default_factory=list)
+    group: Optional[str] = None
+    id: Optional[str] = None          # wandb run id; None: the one kept in the checkpoint, else a new run
+    resume: bool = True               # continue the tracker run of the checkpoint (False: a new run)
 
 
 @dataclass
@@ -133,6 +146,7 @@ class TrainConfig:
     val_dataloader: ValDataLoaderSection = field(default_factory=ValDataLoaderSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     task: TaskSection = field(default_factory=TaskSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
     policy: Dict[str, Any] = field(default_factory=dict)  # PolicyConfig overrides (dotted: scheduler.kind)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -339,43 +353,27 @@ def _validate(cfg: TrainConfig) -> None:
         raise ValueError(f"checkpoint.topk.mode must be auto|min|max, got {cfg.checkpoint.topk.mode!r}")
     if cfg.task.action_norm not in ("identity", "limits"):
         raise ValueError(f"task.action_norm must be identity or limits, got {cfg.task.action_norm!r}")
+    try:
+        parse_image_size(cfg.task.image_size)
+    except ValueError as e:
+        raise ValueError(f"task.image_size: {e}") from None
+    _validate_logging(cfg.logging)
 
 
-# ---------------------------------------------------------------------- shape_meta from the dataset
-def shape_meta_from_file(path, obs_keys: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """shape_meta from the first demo of a robomimic hdf5 file: uint8 (N, H, W, C) arrays are rgb
-    [C, H, W], (N, D) numeric arrays low_dim [D]. Keys: obs_keys in that order; default the seed's
-    keys present in the file (seed order), or every usable key when none of them is there."""
-    with _open(str(path)) as f:
-        if "data" not in f:
-            raise DatasetError(f"{path}: no 'data' group (robomimic layout is data/demo_<i>/...)")
-        names = sorted_demo_names(f["data"].keys())
-        if not names:
-            raise DatasetError(f"{path}: 'data' holds no demo_<i> groups")
-        demo = f["data"][names[0]]
-        if "actions" not in demo or demo["actions"].ndim != 2:
-            raise DatasetError(f"{path}: {names[0]}: missing 2-d 'actions' array")
-        avail = {}
-        for key, ds in (demo["obs"].items() if "obs" in demo else []):
-            if not isinstance(ds, h5py.Dataset):
-                continue
-            if ds.dtype == np.uint8 and ds.ndim == 4:
-                h, w, c = ds.shape[1:]
-                avail[key] = {"shape": [int(c), int(h), int(w)], "type": "rgb"}
-            elif ds.ndim == 2 and np.issubdtype(ds.dtype, np.number):
-                avail[key] = {"shape": [int(ds.shape[1])]}
-        action_dim = int(demo["actions"].shape[1])
-    if obs_keys is None:
-        obs_keys = [k for k in SEED_OBS_KEYS if k in avail] or list(avail)
-    missing = [k for k in obs_keys if k not in avail]
-    if missing:
-        raise DatasetError(f"{path}: {names[0]}: obs keys {missing} not found (or not image / 1-d arrays); "
-                           f"usable keys: {sorted(avail)}")
-    if not obs_keys:
-        raise DatasetError(f"{path}: {names[0]}: no usable obs keys")
-    return {"obs": {k: copy.deepcopy(avail[k]) for k in obs_keys}, "action": {"shape": [action_dim]}}
+def _validate_logging(lg: "LoggingSection") -> None:
+    if lg.backend not in BACKENDS:
+        raise ValueError(f"logging.backend must be {'|'.join(BACKENDS)}, got {lg.backend!r}")
+    if lg.mode not in WANDB_MODES:
+        raise ValueError(f"logging.mode must be {'|'.join(WANDB_MODES)}, got {lg.mode!r}")
+    for name in ("name", "group", "id"):
+        v = getattr(lg, name)
+        if v is not None and (not isinstance(v, str) or not v):
+            raise ValueError(f"logging.{name} must be a non-empty string or None, got {v!r}")
+    if not all(isinstance(t, str) and t for t in lg.tags):
+        raise ValueError(f"logging.tags must be a list of non-empty strings, got {lg.tags!r}")
 
 
+# ---------------------------------------------------------------------- the policy for a dataset
 def policy_config_for(cfg: TrainConfig, shape_meta: Mapping[str, Any]) -> PolicyConfig:
     """PolicyConfig: defaults <- cfg.policy overrides, with shape_meta; when the crop was not set and
     the images are not 84x84, the crop keeps the seed's 76/84 ratio."""

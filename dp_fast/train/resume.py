@@ -2,7 +2,8 @@
 the previous complete checkpoint in place.
 
   latest.train.pt                     everything needed to resume (model, EMA, optimizer, LR schedule,
-                                      step/epoch, RNG states, batch position, log offsets, top-k list);
+                                      step/epoch, RNG states, batch position, log offsets, top-k list,
+                                      the experiment tracker's state);
                                       this one file is the source of truth for resuming
   latest.safetensors                  the EMA policy (the model without EMA) as a dp_fast policy file
                                       (policy_file.py), for dp_fast.load_policy

@@ -4,7 +4,9 @@ Per batch: loss = compute_loss(batch) / gradient_accumulate_every, backward, an 
 step every gradient_accumulate_every batches, an EMA update every batch (as the original), a row in
 OUT/steps.jsonl. Per epoch (epoch counted from 0, `epoch % every == 0` as the original), with the EMA
 policy in eval mode: rollouts, validation loss, action MSE on the last training batch, top-k
-checkpoint; then a row in OUT/logs.jsonl, OUT/curves.png, and the resume checkpoint.
+checkpoint; then a row in OUT/logs.jsonl, OUT/curves.png (curves.py), and the resume checkpoint.
+Before each checkpoint write the new rows go to the experiment tracker chosen by logging.backend
+(tracker.py), so that the tracker holds what the checkpoint holds.
 Differences from the original, on purpose:
   * the optimizer steps after batches acc-1, 2acc-1, ... (the original steps after batch 0, acc, ...);
   * the LR schedule's length counts batches actually run (max_train_steps per epoch, max_total_steps);
@@ -12,7 +14,6 @@ Differences from the original, on purpose:
 """
 from __future__ import annotations
 
-import importlib.util
 import random
 import time
 from contextlib import nullcontext
@@ -24,46 +25,23 @@ import torch
 import torch.nn.functional as F
 
 from ..data import BatchIterator, RobomimicImageDataset
-from ..data.robomimic import load_robomimic_hdf5
+from ..data.formats import dataset_shape_meta, load_dataset
+from ..data.frames import with_image_size
 from ..policy import DiffusionPolicy
-from ..sim.runner import run_rollouts
-from .config import TrainConfig, policy_config_for, shape_meta_from_file
+from .build import compile_for_training, make_optimizer, resolve_device
+from .config import TrainConfig, policy_config_for
+from .console import TrainConsole
+from .curves import plot_curves
 from .ema import EMAModel
-from .log import JsonLinesLog, plot_curves
+from .log import JsonLinesLog
 from .lr import LRSchedule
 from .resume import CheckpointManager, rng_state, set_rng_state
+from .rollouts import find_runner, rollout_row
+from .tracker import Tracker, TrackerState, check_available, open_tracker, send_rows
 
 
 # batch losses are read back from the device (one sync) every this many batches, and at every save
 LOSS_READBACK_EVERY = 25
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def make_optimizer(policy: DiffusionPolicy, cfg) -> torch.optim.AdamW:
-    o = cfg.optimizer
-    groups = policy.get_optim_groups(transformer_weight_decay=o.transformer_weight_decay,
-                                     obs_encoder_weight_decay=o.obs_encoder_weight_decay)
-    kw: Dict[str, Any] = {}
-    if o.impl == "plain":
-        kw["foreach"] = False
-    elif o.impl == "foreach":
-        kw["foreach"] = True
-    elif o.impl == "fused":
-        kw["fused"] = True
-    return torch.optim.AdamW(groups, lr=o.learning_rate, betas=tuple(o.betas), eps=o.eps, **kw)
-
-
-def compile_for_training(policy: DiffusionPolicy) -> None:
-    """torch.compile the denoiser and each camera's ResNet in place (state-dict keys unchanged); the
-    crops stay eager (the dp_fast.ops crop runs outside the compiled networks)."""
-    policy.model.compile()
-    for net in policy.obs_encoder.obs_nets.values():
-        net.compile()
 
 
 def _to(batch, device):
@@ -79,6 +57,7 @@ class Trainer:
         self.quiet = quiet
         if cfg.task.dataset_path is None:
             raise ValueError("no dataset: pass --dataset FILE.hdf5 (or task.dataset_path=...)")
+        check_available(cfg.logging.backend)
         t = cfg.training
         if t.num_threads is not None:
             torch.set_num_threads(t.num_threads)
@@ -88,11 +67,13 @@ class Trainer:
         random.seed(t.seed)
 
         path = cfg.task.dataset_path
-        shape_meta = cfg.task.fixed_shape_meta or shape_meta_from_file(path, cfg.task.obs_keys)
+        # a robomimic hdf5 file or a LeRobot v3.0 folder (dp_fast.data.formats tells them apart)
+        shape_meta = with_image_size(cfg.task.fixed_shape_meta or dataset_shape_meta(path, cfg.task.obs_keys),
+                                     cfg.task.image_size)
         self.policy_config = policy_config_for(cfg, shape_meta)
         pc = self.policy_config
         data_device = self.device if cfg.task.gpu_resident else torch.device("cpu")
-        buffer = load_robomimic_hdf5(path, shape_meta, device=data_device)
+        buffer = load_dataset(path, shape_meta, device=data_device, resize=cfg.task.image_size is not None)
         self.env_args = buffer.env_args
         self.dataset = RobomimicImageDataset(
             path, shape_meta, pc.horizon, pc.n_obs_steps, pc.n_action_steps, val_ratio=cfg.task.val_ratio,
@@ -124,13 +105,14 @@ class Trainer:
         total_batches = self.steps_per_epoch * t.num_epochs
         if t.max_total_steps is not None:
             total_batches = min(total_batches, t.max_total_steps)
+        self.total_batches = total_batches
         self.lr_schedule = LRSchedule(self.optimizer, t.lr_scheduler, t.lr_warmup_steps,
                                       total_batches // t.gradient_accumulate_every)
 
         self.step_log = JsonLinesLog(self.out / "steps.jsonl")
         self.epoch_log = JsonLinesLog(self.out / "logs.jsonl")
         monitor, mode = cfg.checkpoint.topk.monitor_key, cfg.checkpoint.topk.mode
-        self._rollout_fn, self.rollout_skip_reason = self._find_runner()
+        self._rollout_fn, self.rollout_skip_reason = find_runner(t.rollout_every, self.env_args)
         if monitor == "auto":
             monitor = "test_mean_score" if self._rollout_fn is not None else "val_loss"
         if mode == "auto":
@@ -146,6 +128,10 @@ class Trainer:
         self._pending: List[tuple] = []
         self.last_batch_idx: Optional[torch.Tensor] = None
         self.resumed_from: Optional[int] = None
+        # the tracker is open while run() runs; tracker_state says what it was sent (kept in the checkpoint)
+        self.tracker: Optional[Tracker] = None
+        self.tracker_state: Optional[TrackerState] = None
+        self.console = TrainConsole(quiet)
         if t.resume and self.ckpt.has_state():
             self._load(self.ckpt.load_state())
         elif not t.resume:
@@ -177,6 +163,7 @@ class Trainer:
             "batches": self.batches.state_dict(),
             "rng": rng_state(),
             "log_offsets": {"steps": self.step_log.offset(), "logs": self.epoch_log.offset()},
+            "tracker": self.tracker_state.to_dict() if self.tracker_state is not None else None,
         }
 
     def _load(self, s: Dict[str, Any]) -> None:
@@ -202,11 +189,36 @@ class Trainer:
         self.step_log.truncate(int(s["log_offsets"]["steps"]))
         self.epoch_log.truncate(int(s["log_offsets"]["logs"]))
         set_rng_state(s["rng"])
+        # checkpoints written before trackers existed hold no "tracker": a new tracker run gets everything
+        saved = s.get("tracker")
+        self.tracker_state = TrackerState.from_dict(saved) if saved is not None else None
         self.resumed_from = self.global_step
 
     def save(self) -> None:
         self._flush_losses()
+        self._send_to_tracker()
         self.ckpt.save(self._state(), self.eval_policy)
+
+    # ------------------------------------------------------------------ tracker
+    def _open_tracker(self) -> None:
+        self.tracker, self.tracker_state = open_tracker(self.cfg.logging, self.out, self.cfg.to_dict(),
+                                                        self.tracker_state)
+
+    def _send_to_tracker(self) -> None:
+        """Send the rows written since the last send (tracker.py: before the checkpoint that records it)."""
+        if self.tracker is None:
+            return
+        st = self.tracker_state
+        last = send_rows(self.tracker, self.out, self.step_log.rows(st.offsets["steps"]),
+                         self.epoch_log.rows(st.offsets["logs"]))
+        st.offsets = {"steps": self.step_log.offset(), "logs": self.epoch_log.offset()}
+        if last is not None:
+            st.step = last
+
+    def _close_tracker(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
     def _flush_losses(self) -> Optional[float]:
         """Read the pending losses back in one transfer, log their rows; returns the last loss."""
@@ -222,39 +234,6 @@ class Trainer:
     @property
     def eval_policy(self) -> DiffusionPolicy:
         return self.ema.averaged_model if self.ema is not None else self.policy
-
-    # ------------------------------------------------------------------ rollouts
-    def _find_runner(self):
-        if self.cfg.training.rollout_every <= 0:
-            return None, "training.rollout_every=0"
-        # the simulator is the optional `sim` extra (importing dp_fast.sim.runner does not import it)
-        missing = [m for m in ("robosuite", "mujoco") if importlib.util.find_spec(m) is None]
-        if missing:
-            return None, f"{' and '.join(missing)} not installed (pip install -e '.[sim]')"
-        return run_rollouts, None
-
-    def _rollout(self, policy) -> Dict[str, Any]:
-        if self._rollout_fn is None:
-            return {"rollout_skipped": self.rollout_skip_reason}
-        r = self.cfg.task.env_runner
-        kw = {"n_envs": r.n_envs} if r.n_envs is not None else {}
-        try:
-            metrics = self._rollout_fn(policy, task=None, dataset=self.cfg.task.dataset_path, n_train=r.n_train,
-                                       n_test=r.n_test, max_steps=r.max_steps, n_videos=r.n_videos,
-                                       video_dir=str(self.out / "media" / f"epoch_{self.epoch:04d}"),
-                                       seed=r.test_start_seed, progress=not self.quiet, **kw)
-        except ImportError as e:  # robosuite / mujoco missing
-            return {"rollout_skipped": f"{type(e).__name__}: {e}"}
-        except Exception as e:  # a failed rollout must not end hours of training; it is logged
-            if not self.quiet:
-                print(f"rollout failed at epoch {self.epoch}: {type(e).__name__}: {e}", flush=True)
-            last = (str(e).strip().splitlines() or [""])[-1]
-            return {"rollout_error": f"{type(e).__name__}: {last}"[:500]}
-        out = {}
-        for k, v in metrics.items():
-            if isinstance(v, (int, float, bool)) or (torch.is_tensor(v) and v.numel() == 1):
-                out[k.replace("/", "_")] = float(v)
-        return out
 
     # ------------------------------------------------------------------ loop
     def _autocast(self):
@@ -290,51 +269,61 @@ class Trainer:
         return raw_loss.detach()
 
     def run(self) -> Dict[str, Any]:
-        from tqdm import tqdm
-
-        t = self.cfg.training
+        """Train to the end or to a budget; the experiment tracker is open meanwhile. Returns the last
+        epoch row with epoch, global_step, stopped (the reason, or None) and seconds."""
         t0 = time.monotonic()
+        self._open_tracker()
+        try:
+            result = self._run(t0)
+        finally:
+            self._close_tracker()
+        return {**result, "seconds": time.monotonic() - t0}
+
+    def _run(self, t0: float) -> Dict[str, Any]:
+        t = self.cfg.training
         self.policy.train()
         last_row: Dict[str, Any] = {}
         stop = self._stop_reason(None)
-        while self.epoch < t.num_epochs and stop is None:
-            bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch}",
-                       leave=False, mininterval=t.tqdm_interval_sec, disable=self.quiet)
-            epoch_t0, epoch_b0 = time.monotonic(), self.batch_in_epoch
-            it = iter(self.batches)
-            while self.batch_in_epoch < self.steps_per_epoch:
-                idx = next(it)
-                lr = self.lr_schedule.get_last_lr()[0]
-                loss = self.train_batch(idx)
-                self.global_step += 1
-                self.batch_in_epoch += 1
-                self._pending.append((self.global_step, self.epoch, lr, loss))
-                self.last_batch_idx = idx
-                if len(self._pending) >= LOSS_READBACK_EVERY:
-                    bar.set_postfix(loss=f"{self._flush_losses():.4f}", refresh=False)
-                bar.update(1)
-                stop = self._stop_reason(t0)
-                if stop is not None:
+        # one bar for the whole run (the batches this configuration trains in all), its postfix the
+        # latest epoch, loss and evaluation numbers
+        self.console.open(self.total_batches, self.global_step, t.tqdm_interval_sec, disable=stop is not None)
+        try:
+            while self.epoch < t.num_epochs and stop is None:
+                self.console.show(epoch=str(self.epoch))
+                epoch_t0, epoch_b0 = time.monotonic(), self.batch_in_epoch
+                it = iter(self.batches)
+                while self.batch_in_epoch < self.steps_per_epoch:
+                    idx = next(it)
+                    lr = self.lr_schedule.get_last_lr()[0]
+                    loss = self.train_batch(idx)
+                    self.global_step += 1
+                    self.batch_in_epoch += 1
+                    self._pending.append((self.global_step, self.epoch, lr, loss))
+                    self.last_batch_idx = idx
+                    if len(self._pending) >= LOSS_READBACK_EVERY:
+                        self.console.show(loss=f"{self._flush_losses():.4f}", lr=f"{lr:.2e}")
+                    self.console.update()
+                    stop = self._stop_reason(t0)
+                    if stop is not None:
+                        break
+                    every = t.checkpoint_every_steps
+                    if every and self.global_step % every == 0 and self.batch_in_epoch < self.steps_per_epoch:
+                        self.save()
+                if stop is not None and self.batch_in_epoch < self.steps_per_epoch:
                     break
-                every = t.checkpoint_every_steps
-                if every and self.global_step % every == 0 and self.batch_in_epoch < self.steps_per_epoch:
-                    self.save()
-            bar.close()
-            if stop is not None and self.batch_in_epoch < self.steps_per_epoch:
-                break
-            if self.batches.position != 0:  # max_train_steps cut the epoch short: next epoch starts fresh
-                self.batches.load_state_dict(dict(self.batches.state_dict(), epoch=self.batches.epoch + 1,
-                                                  position=0))
-            dt = time.monotonic() - epoch_t0
-            last_row = self.end_epoch(steps_per_s=(self.batch_in_epoch - epoch_b0) / max(dt, 1e-9))
-            stop = stop or self._stop_reason(t0)
-        if stop is not None:
-            self.save()
-            self.plot()
-            self.epoch_log.write({"event": "stopped", "reason": stop, "epoch": self.epoch,
-                                  "global_step": self.global_step})
-            if not self.quiet:
-                print(f"stopped: {stop}; run the same command again to continue")
+                if self.batches.position != 0:  # max_train_steps cut the epoch short: next epoch starts fresh
+                    self.batches.load_state_dict(dict(self.batches.state_dict(), epoch=self.batches.epoch + 1,
+                                                      position=0))
+                dt = time.monotonic() - epoch_t0
+                last_row = self.end_epoch(steps_per_s=(self.batch_in_epoch - epoch_b0) / max(dt, 1e-9))
+                stop = stop or self._stop_reason(t0)
+            if stop is not None:
+                self.save()
+                self.plot()
+                self.epoch_log.write({"event": "stopped", "reason": stop, "epoch": self.epoch,
+                                      "global_step": self.global_step})
+        finally:
+            self.console.close()
         return {**last_row, "epoch": self.epoch, "global_step": self.global_step, "stopped": stop}
 
     @torch.no_grad()
@@ -370,7 +359,9 @@ class Trainer:
         policy.eval()
         due = lambda every: every > 0 and self.epoch % every == 0  # noqa: E731
         if due(t.rollout_every):
-            row.update(self._rollout(policy))
+            row.update(rollout_row(self._rollout_fn, policy, self.cfg, self.out, self.epoch, not self.quiet,
+                                   self.console.say) if self._rollout_fn is not None
+                       else {"rollout_skipped": self.rollout_skip_reason})
         if due(t.val_every):
             row["val_loss"] = self._val_loss(policy)
         if due(t.sample_every):
@@ -381,9 +372,7 @@ class Trainer:
                 row["topk_saved"] = saved
         self.policy.train()
         self.epoch_log.write(row)
-        if not self.quiet:
-            msg = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
-            print(msg, flush=True)
+        self.console.report_epoch(row)
         self.plot()
         self.epoch += 1
         self.batch_in_epoch = 0
@@ -392,5 +381,4 @@ class Trainer:
         return row
 
     def plot(self) -> None:
-        plot_curves(self.out / "curves.png", self.step_log.rows(),
-                    [r for r in self.epoch_log.rows() if "event" not in r])
+        plot_curves(self.out / "curves.png", self.step_log.rows(), self.epoch_log.rows(), title=str(self.out))

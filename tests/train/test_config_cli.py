@@ -2,9 +2,9 @@
 import pytest
 
 from dp_fast.cli import main
+from dp_fast.data.formats import dataset_shape_meta
 from dp_fast.train.config import (DEBUG_OVERRIDES, PRESETS, SEED_TASK_CPU_KEYS, WRIST_CPU_KEYS, TrainConfig,
-                                  apply_overrides, build_config, canonical_key, parse_overrides, policy_config_for,
-                                  shape_meta_from_file)
+                                  apply_overrides, build_config, canonical_key, parse_overrides, policy_config_for)
 from dp_fast.train.trainer import Trainer
 from tests.data.make_hdf5 import make_demos, write_robomimic
 from tests.train.common import tiny_meta, write_tiny
@@ -61,12 +61,12 @@ def test_presets_and_debug():
 
 def test_shape_meta_from_file(tmp_path):
     path = write_tiny(tmp_path / "d.hdf5")
-    meta = shape_meta_from_file(path)
+    meta = dataset_shape_meta(path)
     assert meta == tiny_meta() or meta["obs"] == tiny_meta()["obs"]
-    only = shape_meta_from_file(path, ["robot0_eef_pos", "agentview_image"])
+    only = dataset_shape_meta(path, ["robot0_eef_pos", "agentview_image"])
     assert list(only["obs"]) == ["robot0_eef_pos", "agentview_image"] and only["action"]["shape"] == [7]
     with pytest.raises(ValueError, match="robot0_eye_in_hand_image"):
-        shape_meta_from_file(path, ["robot0_eye_in_hand_image"])
+        dataset_shape_meta(path, ["robot0_eye_in_hand_image"])
     pc = policy_config_for(build_config(None, {"policy.n_layer": 2}), meta)
     assert pc.n_layer == 2 and pc.crop_shape == (7, 5)  # 8x6 images keep the 76/84 crop ratio
 

@@ -65,7 +65,7 @@ def test_rollout_hook_uses_ema_policy_and_logs_metrics(tmp_path, monkeypatch):
         calls.append((policy, kw))
         return {"test/mean_score": 0.25, "train/mean_score": 0.5, "test/scores": [0.0, 0.5]}
 
-    monkeypatch.setattr("dp_fast.train.trainer.run_rollouts", fake_run_rollouts)
+    monkeypatch.setattr("dp_fast.train.rollouts.run_rollouts", fake_run_rollouts)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())  # robosuite "installed"
     data = write_tiny(tmp_path / "d.hdf5")
     cfg = build_config(None, overrides(data, training__num_epochs=2, training__max_train_steps=1,

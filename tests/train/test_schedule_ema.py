@@ -9,7 +9,7 @@ from dp_fast import DiffusionPolicy, PolicyConfig
 from dp_fast.train.config import build_config
 from dp_fast.train.ema import EMAModel, ema_decay
 from dp_fast.train.lr import LRSchedule, lr_factor
-from dp_fast.train.trainer import make_optimizer
+from dp_fast.train.build import make_optimizer
 from tests.data.make_hdf5 import SMALL_META
 
 
