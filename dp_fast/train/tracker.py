@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..sim.video import still_path
+
 BACKENDS = ("none", "wandb", "tensorboard")
 WANDB_MODES = ("online", "offline", "disabled")
 # the module each backend needs, and the pip package that brings it
@@ -142,8 +144,6 @@ class TensorBoardTracker(Tracker):
 
     def log_video(self, key: str, path: Path, step: int) -> None:
         from matplotlib.image import imread
-
-        from ..sim.video import still_path
 
         still = still_path(path)
         if still.is_file():

@@ -4,6 +4,7 @@ of logs.jsonl / steps.jsonl, and resumed runs that continue the same tracker run
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,7 +182,13 @@ def test_wandb_offline_run_holds_the_logged_keys_and_a_resumed_run_continues_it(
     assert len(files) == 2 and all(f.name == f"run-{run_id}.wandb" for f in files)
     history = []
     for f in files:
+        # wandb's service process may still be writing the file when finish() has returned (seen on a
+        # loaded machine: the run record not there yet): wait for it, at most 60 s
+        deadline = time.monotonic() + 60
         run, rows = read_run(f)
+        while (not run or not rows) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            run, rows = read_run(f)
         assert run == {"run_id": run_id, "project": "dp_fast_tests", "display_name": "tiny", "group": "g",
                        "tags": ["t1", "t2"]}
         history += rows
