@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from .atomic_file import atomic_write
 from .backends import available_backends
@@ -21,6 +22,7 @@ from .sim import demos as demos_cli
 from .sim import eval as eval_cli
 from .train import cli as train_cli
 from .train import curves_cli
+from .train.distributed import world_size_from_env
 
 
 def _demo(args) -> int:
@@ -142,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    if world_size_from_env() > 1:
+        # a torchrun rank: its exception goes into torchrun's failure summary, the rank named
+        return record(_main)(argv)
+    return _main(argv)
+
+
+def _main(argv: Optional[List[str]]) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args)
 

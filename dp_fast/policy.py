@@ -10,7 +10,7 @@ dp_fast.sampling.make_sampler (docs/architecture.md, "predict_action"). Three tr
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -331,7 +331,8 @@ class DiffusionPolicy(nn.Module):
         if nb != bsz:
             raise ObsError(f"batch obs have batch size {nb}, batch['action'] has {bsz}")
         nact = self.normalizer.normalize_key("action", act.to(self.device, self.dtype))
-        feats = self.obs_encoder(nobs, crop_offsets, generator, ops["random_crop"]).reshape(bsz, steps, -1)
+        draws = self.loss_draws(bsz, generator, crop_offsets=crop_offsets, noise=noise, timesteps=timesteps)
+        feats = self.obs_encoder(nobs, draws["crop_offsets"], generator, ops["random_crop"]).reshape(bsz, steps, -1)
         cond, traj, cmask = None, nact, None
         if c.obs_as_cond:
             cond = feats
@@ -342,11 +343,9 @@ class DiffusionPolicy(nn.Module):
             traj = torch.cat([nact, feats], dim=-1).detach()
             cmask = torch.zeros_like(traj, dtype=torch.bool)
             cmask[:, :c.n_obs_steps, self.action_dim:] = True
-        if noise is None:
-            noise = torch.randn(traj.shape, generator=generator, device=traj.device, dtype=traj.dtype)
-        if timesteps is None:
-            timesteps = torch.randint(0, c.scheduler.num_train_timesteps, (bsz,), generator=generator,
-                                      device=traj.device)
+        noise, timesteps = draws["noise"], draws["timesteps"]
+        if tuple(noise.shape) != tuple(traj.shape):
+            raise ObsError(f"noise must have shape {tuple(traj.shape)} (the trajectory), got {tuple(noise.shape)}")
         sched = self.noise_scheduler.to(traj.device)
         noisy = add_noise(traj.contiguous(), noise.contiguous(), timesteps, sched.alphas_cumprod,
                           backend=ops["add_noise"])
@@ -358,6 +357,29 @@ class DiffusionPolicy(nn.Module):
         if cmask is not None:
             loss = loss * (~cmask).to(loss.dtype)
         return loss.reshape(bsz, -1).mean(1).mean()
+
+    def loss_draws(self, bsz: int, generator: Optional[torch.Generator] = None,
+                   crop_offsets: Optional[Mapping[str, torch.Tensor]] = None,
+                   noise: Optional[torch.Tensor] = None,
+                   timesteps: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+        """The random numbers of compute_loss for a batch of `bsz`, those not given drawn from `generator`
+        in compute_loss's order: the crops (rgb keys in shape_meta order, (bsz * steps, 2) each, when the
+        encoder draws them), the noise (trajectory_shape), the timesteps (bsz,). Row i (crops: rows
+        i * steps ...) belongs to sample i, so the draws of a batch can be split by sample (the DDP trainer
+        draws a global batch's and gives each rank its slice)."""
+        c, enc = self.config, self.obs_encoder
+        crops = dict(crop_offsets or {})
+        if enc.draws_crops():
+            steps = c.n_obs_steps if c.obs_as_cond else c.horizon
+            for key, meta in c.shape_meta["obs"].items():
+                if meta.get("type", "low_dim") == "rgb" and key not in crops:
+                    crops[key] = enc.random_offsets(bsz * steps, tuple(meta["shape"][1:]), generator, self.device)
+        if noise is None:
+            noise = torch.randn(self.trajectory_shape(bsz), generator=generator, device=self.device, dtype=self.dtype)
+        if timesteps is None:
+            timesteps = torch.randint(0, c.scheduler.num_train_timesteps, (bsz,), generator=generator,
+                                      device=self.device)
+        return {"crop_offsets": crops or None, "noise": noise, "timesteps": timesteps}
 
     def _ops_for(self, backend: str) -> Dict[str, str]:
         """The op backends of `backend` on the policy's device, resolved once per (backend, device)."""

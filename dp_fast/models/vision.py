@@ -159,12 +159,19 @@ class ObsEncoder(nn.Module):
             return x
         hw = tuple(x.shape[2:])
         if offsets is None:
-            if self.training or not self.eval_fixed_crop:
-                offsets = random_crop_offsets(x.shape[0], hw, self.crop_shape, mode=self.crop_mode,
-                                              generator=generator, device=x.device)
+            if self.draws_crops():
+                offsets = self.random_offsets(x.shape[0], hw, generator, x.device)
             else:
                 offsets = self._centre_offsets(x.shape[0], hw, x.device)
         return random_crop(x.contiguous(), offsets, self.crop_shape, normalize=False, backend=backend).to(x.dtype)
+
+    def draws_crops(self) -> bool:
+        """Whether crop() draws random offsets (train mode, or eval with eval_fixed_crop=False)."""
+        return self.crop_shape is not None and (self.training or not self.eval_fixed_crop)
+
+    def random_offsets(self, n: int, hw, generator: Optional[torch.Generator], device) -> torch.Tensor:
+        """(n, 2) random [top, left] for images of size hw, drawn with crop_mode."""
+        return random_crop_offsets(n, hw, self.crop_shape, mode=self.crop_mode, generator=generator, device=device)
 
     def _centre_offsets(self, n: int, hw, device) -> torch.Tensor:
         """The eval crop's offsets, made once per (N, image size, device): no host-to-device copy per call."""

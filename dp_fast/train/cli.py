@@ -57,6 +57,9 @@ def run(args) -> int:
         print(f"dp-fast train: {e}", file=sys.stderr)
         return 2
     pc = trainer.policy_config
+    if not trainer.dist.is_main:  # rank 0 alone prints and writes
+        trainer.run()
+        return 0
     if not args.quiet:
         if trainer.resumed_from is not None:
             print(f"resuming from {trainer.ckpt.state_path} at epoch {trainer.epoch}, step {trainer.global_step}")
@@ -65,6 +68,9 @@ def run(args) -> int:
         print(f"policy: {pc.n_layer} layers x {pc.n_emb}, vision_width {pc.vision_width}, crop {pc.crop_shape}, "
               f"{pc.scheduler.kind} {pc.inference_steps} inference steps; device {trainer.device}; "
               f"{trainer.steps_per_epoch} batches/epoch")
+        d = trainer.dist
+        print(f"world_size {d.world_size}" + (f" ({d.backend}; global batch {cfg.dataloader.batch_size} x "
+                                              f"{d.world_size} = {trainer.batches.batch_size})" if d.enabled else ""))
         if trainer.rollout_skip_reason:
             print(f"rollouts will be skipped ({trainer.rollout_skip_reason})")
     (trainer.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))

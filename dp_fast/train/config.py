@@ -52,6 +52,9 @@ class TrainingSection:
     # OpenMP threads waiting on descheduled peers (measured here: 0.3 s/step with 1 thread, ~7 s with 2).
     # Resume equality on CPU needs the same thread count as the interrupted run.
     num_threads: Optional[int] = None
+    # torchrun runs (docs/distributed.md): how long a rank waits for the others (at a collective, or while
+    # rank 0 evaluates at an epoch's end) before the job fails naming the ranks that did not arrive
+    dist_timeout_minutes: float = 60.0
 
 
 @dataclass

@@ -7,6 +7,9 @@ policy in eval mode: rollouts, validation loss, action MSE on the last training 
 checkpoint; then a row in OUT/logs.jsonl, OUT/curves.png (curves.py), and the resume checkpoint.
 Before each checkpoint write the new rows go to the experiment tracker chosen by logging.backend
 (tracker.py), so that the tracker holds what the checkpoint holds.
+Under torchrun (distributed.py) the model is wrapped in DistributedDataParallel: every rank takes its
+shard of each global batch (dataloader.batch_size per rank) with its slice of the batch's random numbers,
+and only rank 0 evaluates, writes logs, curves, checkpoints and the tracker (docs/distributed.md).
 Differences from the original, on purpose:
   * the optimizer steps after batches acc-1, 2acc-1, ... (the original steps after batch 0, acc, ...);
   * the LR schedule's length counts batches actually run (max_train_steps per epoch, max_total_steps);
@@ -28,10 +31,11 @@ from ..data import BatchIterator, RobomimicImageDataset
 from ..data.formats import dataset_shape_meta, load_dataset
 from ..data.frames import with_image_size
 from ..policy import DiffusionPolicy
-from .build import compile_for_training, make_optimizer, resolve_device
+from .build import compile_for_training, make_optimizer
 from .config import TrainConfig, policy_config_for
 from .console import TrainConsole
 from .curves import plot_curves
+from .distributed import rank_seed, setup, slice_draws
 from .ema import EMAModel
 from .log import JsonLinesLog
 from .lr import LRSchedule
@@ -44,6 +48,17 @@ from .tracker import Tracker, TrackerState, check_available, open_tracker, send_
 LOSS_READBACK_EVERY = 25
 
 
+class _Loss(torch.nn.Module):
+    """compute_loss as a module's forward, for DistributedDataParallel (which hooks forward)."""
+
+    def __init__(self, policy: DiffusionPolicy, backend: Optional[str]):
+        super().__init__()
+        self.policy, self.backend = policy, backend
+
+    def forward(self, batch, draws):
+        return self.policy.compute_loss(batch, backend=self.backend, **draws)
+
+
 def _to(batch, device):
     return {"obs": {k: v.to(device, non_blocking=True) for k, v in batch["obs"].items()},
             "action": batch["action"].to(device, non_blocking=True)}
@@ -53,7 +68,6 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir, quiet: bool = False):
         self.cfg = cfg
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.quiet = quiet
         if cfg.task.dataset_path is None:
             raise ValueError("no dataset: pass --dataset FILE.hdf5 (or task.dataset_path=...)")
@@ -61,7 +75,12 @@ class Trainer:
         t = cfg.training
         if t.num_threads is not None:
             torch.set_num_threads(t.num_threads)
-        self.device = resolve_device(t.device)
+        # torchrun's ranks (world_size 1 without torchrun); every rank seeds alike: the random numbers of
+        # each global batch are drawn whole on every rank (train_batch)
+        self.dist, self.device = setup(t.device, t.dist_timeout_minutes)
+        main = self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(t.seed)
         np.random.seed(t.seed)
         random.seed(t.seed)
@@ -98,8 +117,9 @@ class Trainer:
         self._group_hparams = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
 
         dl = cfg.dataloader
-        self.batches = BatchIterator(len(self.dataset), dl.batch_size, shuffle=dl.shuffle, seed=t.seed,
-                                     drop_last=dl.drop_last)
+        # dataloader.batch_size is per rank (as the DataLoader's under DDP): the global batch is world_size times it
+        self.batches = BatchIterator(len(self.dataset), dl.batch_size * self.dist.world_size, shuffle=dl.shuffle,
+                                     seed=t.seed, drop_last=dl.drop_last)
         n = len(self.batches)
         self.steps_per_epoch = min(n, t.max_train_steps) if t.max_train_steps is not None else n
         total_batches = self.steps_per_epoch * t.num_epochs
@@ -109,15 +129,16 @@ class Trainer:
         self.lr_schedule = LRSchedule(self.optimizer, t.lr_scheduler, t.lr_warmup_steps,
                                       total_batches // t.gradient_accumulate_every)
 
-        self.step_log = JsonLinesLog(self.out / "steps.jsonl")
-        self.epoch_log = JsonLinesLog(self.out / "logs.jsonl")
+        # rank 0 alone touches the output folder
+        self.step_log = JsonLinesLog(self.out / "steps.jsonl") if main else None
+        self.epoch_log = JsonLinesLog(self.out / "logs.jsonl") if main else None
         monitor, mode = cfg.checkpoint.topk.monitor_key, cfg.checkpoint.topk.mode
         self._rollout_fn, self.rollout_skip_reason = find_runner(t.rollout_every, self.env_args)
         if monitor == "auto":
             monitor = "test_mean_score" if self._rollout_fn is not None else "val_loss"
         if mode == "auto":
             mode = "max" if "score" in monitor else "min"
-        self.ckpt = CheckpointManager(self.out, monitor, mode, cfg.checkpoint.topk.k)
+        self.ckpt = CheckpointManager(self.out, monitor, mode, cfg.checkpoint.topk.k) if main else None
 
         self.epoch = 0
         self.global_step = 0
@@ -131,20 +152,26 @@ class Trainer:
         # the tracker is open while run() runs; tracker_state says what it was sent (kept in the checkpoint)
         self.tracker: Optional[Tracker] = None
         self.tracker_state: Optional[TrackerState] = None
-        self.console = TrainConsole(quiet)
-        if t.resume and self.ckpt.has_state():
-            self._load(self.ckpt.load_state())
-        elif not t.resume:
-            self.ckpt.clear()
-            self.step_log.truncate(0)
-            self.epoch_log.truncate(0)
-        else:
-            # fresh start in a folder that may hold logs of a run without checkpoint
+        self.console = TrainConsole(quiet or not main)
+        # rank 0 reads the resume state and hands it to the others (no shared filesystem needed)
+        state = self.ckpt.load_state() if main and t.resume and self.ckpt.has_state() else None
+        state = self.dist.broadcast(state)
+        if state is not None:
+            self._load(state)
+        elif main:
+            if not t.resume:
+                self.ckpt.clear()
+            # a fresh start, in a folder that may hold logs of a run without checkpoint
             self.step_log.truncate(0)
             self.epoch_log.truncate(0)
 
         if t.compile:
             compile_for_training(self.policy)
+        self.ddp: Optional[torch.nn.Module] = None
+        if self.dist.enabled:
+            # the parameters are equal on every rank already (same seed, same resume state)
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                _Loss(self.policy, self.loss_backend), device_ids=[self.device] if self.device.type == "cuda" else None)
 
     # ------------------------------------------------------------------ state
     def _state(self) -> Dict[str, Any]:
@@ -161,15 +188,22 @@ class Trainer:
             "epoch_losses": list(self.epoch_losses),
             "last_batch_idx": self.last_batch_idx,
             "batches": self.batches.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
+            "world_size": self.dist.world_size,
             "log_offsets": {"steps": self.step_log.offset(), "logs": self.epoch_log.offset()},
             "tracker": self.tracker_state.to_dict() if self.tracker_state is not None else None,
         }
 
     def _load(self, s: Dict[str, Any]) -> None:
+        where = self.out / "checkpoints"
         if s["policy_config"] != self.policy_config.to_dict():
-            raise ValueError(f"{self.ckpt.state_path}: the checkpoint's policy config differs from this run's; "
+            raise ValueError(f"{where}: the checkpoint's policy config differs from this run's; "
                              f"use the same settings, another --out, or training.resume=False")
+        saved_world = int(s.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            raise ValueError(f"{where}: the checkpoint was written by a run of world_size {saved_world}, this run "
+                             f"has {self.dist.world_size}; resume with {saved_world} process(es) (the global batch and "
+                             f"the batch order depend on it), or start anew with another --out or training.resume=False")
         self.policy.load_state_dict(s["model"])
         if self.ema is not None and s["ema"] is not None:
             self.ema.load_state_dict(s["ema"])
@@ -186,21 +220,30 @@ class Trainer:
         self.epoch_losses = [float(v) for v in s["epoch_losses"]]
         self.last_batch_idx = s["last_batch_idx"]
         self.batches.load_state_dict(s["batches"])
-        self.step_log.truncate(int(s["log_offsets"]["steps"]))
-        self.epoch_log.truncate(int(s["log_offsets"]["logs"]))
-        set_rng_state(s["rng"])
+        if self.dist.is_main:
+            self.step_log.truncate(int(s["log_offsets"]["steps"]))
+            self.epoch_log.truncate(int(s["log_offsets"]["logs"]))
+        set_rng_state(s["rng"], self.device)
         # checkpoints written before trackers existed hold no "tracker": a new tracker run gets everything
         saved = s.get("tracker")
         self.tracker_state = TrackerState.from_dict(saved) if saved is not None else None
         self.resumed_from = self.global_step
 
     def save(self) -> None:
+        """Write the resume state and the EMA policy (rank 0; every rank calls it)."""
         self._flush_losses()
-        self._send_to_tracker()
-        self.ckpt.save(self._state(), self.eval_policy)
+        if self.dist.enabled and self.global_step % self.cfg.training.gradient_accumulate_every != 0:
+            # gradients accumulated under no_sync differ per rank; their mean continues the same (the
+            # synchronising step averages the rest) and is the one state rank 0 can save for every rank
+            self.dist.average_([p.grad for p in self.policy.parameters() if p.grad is not None])
+        if self.dist.is_main:
+            self._send_to_tracker()
+            self.ckpt.save(self._state(), self.eval_policy)
 
     # ------------------------------------------------------------------ tracker
     def _open_tracker(self) -> None:
+        if not self.dist.is_main:
+            return
         self.tracker, self.tracker_state = open_tracker(self.cfg.logging, self.out, self.cfg.to_dict(),
                                                         self.tracker_state)
 
@@ -224,10 +267,12 @@ class Trainer:
         """Read the pending losses back in one transfer, log their rows; returns the last loss."""
         if not self._pending:
             return None
-        values = torch.stack([p[3] for p in self._pending]).float().cpu().tolist()
+        # each rank holds its share of every global batch's loss: their sum is the batch's loss
+        values = self.dist.sum_(torch.stack([p[3] for p in self._pending]).float()).cpu().tolist()
         for (step, epoch, lr, _), loss in zip(self._pending, values):
             self.epoch_losses.append(loss)
-            self.step_log.write({"global_step": step, "epoch": epoch, "train_loss": loss, "lr": lr})
+            if self.dist.is_main:
+                self.step_log.write({"global_step": step, "epoch": epoch, "train_loss": loss, "lr": lr})
         self._pending = []
         return values[-1]
 
@@ -249,24 +294,57 @@ class Trainer:
         t = self.cfg.training
         if t.max_total_steps is not None and self.global_step >= t.max_total_steps:
             return f"training.max_total_steps={t.max_total_steps} reached"
-        if t0 is not None and t.max_train_minutes is not None and time.monotonic() - t0 >= 60.0 * t.max_train_minutes:
-            return f"training.max_train_minutes={t.max_train_minutes} reached"
+        if t0 is not None and t.max_train_minutes is not None:
+            # the ranks' clocks differ: they stop together when any of them is out of time
+            if self.dist.any(time.monotonic() - t0 >= 60.0 * t.max_train_minutes):
+                return f"training.max_train_minutes={t.max_train_minutes} reached"
         return None
 
     def train_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        """One batch; returns the (undivided) loss as a 0-d tensor on the device, not read back."""
+        """One global batch; returns this rank's share of its (undivided) loss as a 0-d tensor on the
+        device, not read back (single process: the loss)."""
         acc = self.cfg.training.gradient_accumulate_every
-        batch = _to(self.dataset.get_batch(idx), self.device)
-        with self._autocast():
-            raw_loss = self.loss(self.policy, batch)
-        (raw_loss / acc).backward()
-        if (self.global_step + 1) % acc == 0:
+        sync = (self.global_step + 1) % acc == 0
+        if self.dist.enabled:
+            share = self._ddp_backward(idx, acc, sync)
+        else:
+            batch = _to(self.dataset.get_batch(idx), self.device)
+            with self._autocast():
+                share = self.loss(self.policy, batch)
+            (share / acc).backward()
+            share = share.detach()
+        if sync:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.lr_schedule.step()
         if self.ema is not None:
             self.ema.step(self.policy)
-        return raw_loss.detach()
+        return share
+
+    def _ddp_backward(self, idx: torch.Tensor, acc: int, sync: bool) -> torch.Tensor:
+        """This rank's forward / backward of its shard of the global batch `idx`. The batch's crops, noise
+        and timesteps are drawn whole (the same numbers on every rank and as one process would draw) and
+        sliced; dropout draws from a stream of this rank's own. The loss is weighted by the shard's size
+        so that DDP's mean of the ranks' gradients is the gradient of the global batch's mean loss (a rank
+        whose shard is empty runs one sample at weight 0: every rank must join the all-reduce)."""
+        t, n_all = self.cfg.training, len(idx)
+        local, start = self.dist.shard(idx)
+        n = len(local)
+        if n == 0:
+            local, start = idx[:1], 0
+        draws = slice_draws(self.policy.loss_draws(n_all), n_all, start, max(n, 1))
+        batch = _to(self.dataset.get_batch(local), self.device)
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with self.ddp.no_sync() if not sync else nullcontext():
+            with torch.random.fork_rng(devices=cuda):
+                seed = rank_seed(t.seed, self.global_step, self.dist.rank)
+                torch.default_generator.manual_seed(seed)
+                if cuda:
+                    torch.cuda.manual_seed(seed)
+                with self._autocast():
+                    loss = self.ddp(batch, draws)
+            (loss * (n * self.dist.world_size / n_all / acc)).backward()
+        return loss.detach() * (n / n_all)
 
     def run(self) -> Dict[str, Any]:
         """Train to the end or to a budget; the experiment tracker is open meanwhile. Returns the last
@@ -277,6 +355,8 @@ class Trainer:
             result = self._run(t0)
         finally:
             self._close_tracker()
+        # after a success only: a failing rank must exit (torchrun then stops the others), not wait here
+        self.dist.close()
         return {**result, "seconds": time.monotonic() - t0}
 
     def _run(self, t0: float) -> Dict[str, Any]:
@@ -319,9 +399,10 @@ class Trainer:
                 stop = stop or self._stop_reason(t0)
             if stop is not None:
                 self.save()
-                self.plot()
-                self.epoch_log.write({"event": "stopped", "reason": stop, "epoch": self.epoch,
-                                      "global_step": self.global_step})
+                if self.dist.is_main:
+                    self.plot()
+                    self.epoch_log.write({"event": "stopped", "reason": stop, "epoch": self.epoch,
+                                          "global_step": self.global_step, "world_size": self.dist.world_size})
         finally:
             self.console.close()
         return {**last_row, "epoch": self.epoch, "global_step": self.global_step, "stopped": stop}
@@ -350,11 +431,27 @@ class Trainer:
         return float(F.mse_loss(pred.float(), batch["action"]))
 
     def end_epoch(self, steps_per_s: float) -> Dict[str, Any]:
-        t = self.cfg.training
         self._flush_losses()
         row: Dict[str, Any] = {"epoch": self.epoch, "global_step": self.global_step,
                                "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else None,
-                               "lr": self.lr_schedule.get_last_lr()[0], "steps_per_s": steps_per_s}
+                               "lr": self.lr_schedule.get_last_lr()[0], "steps_per_s": steps_per_s,
+                               "world_size": self.dist.world_size}
+        if self.dist.is_main:
+            self._evaluate(row)
+        if self.dist.enabled:
+            # the others wait while rank 0 evaluates (at most training.dist_timeout_minutes), then take its
+            # RNG state: evaluation drew from it, and every rank must draw the next batches alike
+            self.dist.barrier()
+            set_rng_state(self.dist.broadcast(rng_state(self.device)), self.device)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_losses = []
+        self.save()
+        return row
+
+    def _evaluate(self, row: Dict[str, Any]) -> None:
+        """The epoch's evaluation into `row`, the row to logs.jsonl, the console and the curves (rank 0)."""
+        t = self.cfg.training
         policy = self.eval_policy
         policy.eval()
         due = lambda every: every > 0 and self.epoch % every == 0  # noqa: E731
@@ -374,11 +471,6 @@ class Trainer:
         self.epoch_log.write(row)
         self.console.report_epoch(row)
         self.plot()
-        self.epoch += 1
-        self.batch_in_epoch = 0
-        self.epoch_losses = []
-        self.save()
-        return row
 
     def plot(self) -> None:
         plot_curves(self.out / "curves.png", self.step_log.rows(), self.epoch_log.rows(), title=str(self.out))
