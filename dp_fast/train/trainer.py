@@ -170,8 +170,11 @@ class Trainer:
         self.ddp: Optional[torch.nn.Module] = None
         if self.dist.enabled:
             # the parameters are equal on every rank already (same seed, same resume state)
+            # obs as inpainting (policy.obs_as_cond=False) detaches the features, as the original does: the
+            # obs encoder then gets no gradient, which DDP must be told of
             self.ddp = torch.nn.parallel.DistributedDataParallel(
-                _Loss(self.policy, self.loss_backend), device_ids=[self.device] if self.device.type == "cuda" else None)
+                _Loss(self.policy, self.loss_backend), device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=not self.policy_config.obs_as_cond)
 
     # ------------------------------------------------------------------ state
     def _state(self) -> Dict[str, Any]:
