@@ -33,12 +33,13 @@ class RobomimicImageDataset:
                            'action': (B, horizon, Da) float32}, on `device`.
     Windows: pad_before = n_obs_steps - 1, pad_after = n_action_steps - 1 (the seed config's values).
     buffer: an already loaded ReplayBuffer to use instead of reading `path`.
+    obs_steps: obs frames per window (To above; default n_obs_steps).
     """
 
     def __init__(self, path, shape_meta: Mapping[str, Any], horizon: int, n_obs_steps: int,
                  n_action_steps: int, val_ratio: float = 0.02, seed: int = 42,
                  max_train_episodes: Optional[int] = None, device="cpu", action_norm: str = "identity",
-                 buffer: Optional[ReplayBuffer] = None):
+                 buffer: Optional[ReplayBuffer] = None, obs_steps: Optional[int] = None):
         if action_norm not in ACTION_NORMS:
             raise ValueError(f"action_norm must be one of {ACTION_NORMS}, got {action_norm!r}")
         if not 1 <= n_obs_steps <= horizon:
@@ -51,6 +52,11 @@ class RobomimicImageDataset:
         self.shape_meta = copy.deepcopy(dict(shape_meta))
         self.horizon, self.n_obs_steps, self.n_action_steps = int(horizon), int(n_obs_steps), int(n_action_steps)
         self.pad_before, self.pad_after = self.n_obs_steps - 1, self.n_action_steps - 1
+        # obs frames gathered per window (the original's dataset n_obs_steps): n_obs_steps, or the horizon
+        # for a policy that takes the observations as inpainting (obs_as_cond=False)
+        self.obs_steps = self.n_obs_steps if obs_steps is None else int(obs_steps)
+        if not self.n_obs_steps <= self.obs_steps <= self.horizon:
+            raise ValueError(f"need n_obs_steps <= obs_steps <= horizon, got obs_steps={obs_steps}")
         self.val_ratio, self.seed, self.max_train_episodes = val_ratio, seed, max_train_episodes
         self.action_norm = action_norm
 
@@ -64,11 +70,13 @@ class RobomimicImageDataset:
 
     @classmethod
     def from_policy_config(cls, path, cfg, **kwargs) -> "RobomimicImageDataset":
-        """Take shape_meta / horizon / n_obs_steps / n_action_steps from a PolicyConfig."""
-        return cls(path, cfg.shape_meta, cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps, **kwargs)
+        """Take shape_meta / horizon / n_obs_steps / n_action_steps from a PolicyConfig, and the obs frames
+        its loss needs (obs_steps: the horizon when obs_as_cond=False)."""
+        return cls(path, cfg.shape_meta, cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps,
+                   obs_steps=None if cfg.obs_as_cond else cfg.horizon, **kwargs)
 
     def _make_sampler(self, mask: np.ndarray) -> SequenceSampler:
-        first_k = {k: self.n_obs_steps for k in self.obs_keys}
+        first_k = {k: self.obs_steps for k in self.obs_keys}
         return SequenceSampler(self.replay_buffer.episode_ends, self.horizon, self.pad_before, self.pad_after,
                                episode_mask=mask, key_first_k=first_k, device=self.replay_buffer.device)
 

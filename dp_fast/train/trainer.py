@@ -94,10 +94,9 @@ class Trainer:
         data_device = self.device if cfg.task.gpu_resident else torch.device("cpu")
         buffer = load_dataset(path, shape_meta, device=data_device, resize=cfg.task.image_size is not None)
         self.env_args = buffer.env_args
-        self.dataset = RobomimicImageDataset(
-            path, shape_meta, pc.horizon, pc.n_obs_steps, pc.n_action_steps, val_ratio=cfg.task.val_ratio,
-            seed=cfg.task.seed, max_train_episodes=cfg.task.max_train_episodes, device=data_device,
-            action_norm=cfg.task.action_norm, buffer=buffer)
+        self.dataset = RobomimicImageDataset.from_policy_config(
+            path, pc, val_ratio=cfg.task.val_ratio, seed=cfg.task.seed, max_train_episodes=cfg.task.max_train_episodes,
+            device=data_device, action_norm=cfg.task.action_norm, buffer=buffer)
         self.val_dataset = self.dataset.get_validation_dataset()
         if len(self.dataset) == 0:
             raise ValueError(f"{path}: no training windows (episodes shorter than the horizon?)")

@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from dp_fast.cli import main
+from dp_fast.train.config import build_config
 from dp_fast.train.distributed import Dist, slice_draws
 from dp_fast.train.log import read_jsonl
+from dp_fast.train.trainer import Trainer
 from tests.train.common import overrides, write_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,7 +169,6 @@ def test_raising_rank_ends_the_job_naming_it(data, tmp_path):
 
 
 def test_resume_with_another_world_size_is_refused(data, runs, capsys):
-    from dp_fast.cli import main
     _, ddp = runs
     assert main(_args(data, ddp, WORLD * PER_RANK)) == 2     # one process on the 2-process run's folder
     err = capsys.readouterr().err
@@ -176,8 +178,6 @@ def test_resume_with_another_world_size_is_refused(data, runs, capsys):
 def test_sliced_draws_give_the_global_batch_loss(data):
     """The DDP arithmetic on one process: the shards' losses, weighted by their sizes, are the global
     batch's loss when each takes its slice of the global draws (an empty shard included)."""
-    from dp_fast.train.config import build_config
-    from dp_fast.train.trainer import Trainer
     cfg = build_config(None, overrides(data, policy__p_drop_attn=0.0))
     tr = Trainer(cfg, data.parent / "slices", quiet=True)
     policy = tr.policy.train().requires_grad_(False)

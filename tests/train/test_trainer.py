@@ -172,3 +172,16 @@ def test_resume_mid_accumulation_keeps_gradients(tmp_path):
     assert [r["train_loss"] for r in read_jsonl(tmp_path / "o" / "steps.jsonl")] == want
     for k, v in ref.policy.state_dict().items():
         assert torch.equal(v, rest.policy.state_dict()[k]), k
+
+
+def test_obs_as_inpainting_trains(tmp_path):
+    """policy.obs_as_cond=False (the observations inpainted into the trajectory): the dataset gathers the
+    horizon's obs frames, the loss the policy wants."""
+    data = write_tiny(tmp_path / "d.hdf5")
+    cfg = build_config(None, overrides(data, policy__obs_as_cond=False, training__num_epochs=1,
+                                       training__max_train_steps=3))
+    tr = Trainer(cfg, tmp_path / "out", quiet=True)
+    assert tr.dataset.get_batch([0])["obs"]["robot0_eef_pos"].shape[1] == tr.policy_config.horizon
+    tr.run()
+    rows = read_jsonl(tmp_path / "out" / "logs.jsonl")
+    assert rows[0]["global_step"] == 3 and rows[0]["train_loss"] > 0 and rows[0]["val_loss"] > 0
