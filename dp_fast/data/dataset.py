@@ -3,8 +3,9 @@
 Differences from the original, on purpose:
   * `get_batch(indices)` returns a whole batch from vectorised gathers; images stay uint8 (B, To, C, H, W)
     (the policy divides by 255), the original returns float32 / 255 per sample.
-  * obs keys return only their first n_obs_steps frames, in the training and the validation set (the
-    original's validation sampler gathers all frames and then slices to n_obs_steps: same values).
+  * obs keys return only their first obs_steps frames (n_obs_steps, or the horizon for obs as inpainting),
+    in the training and the validation set (the original's validation sampler gathers all frames and then
+    slices them: same values).
   * low-dim obs keys whose name ends in neither 'pos', 'qpos' nor 'quat' get a limits normalizer (the
     original raises 'unsupported').
   * optional `max_train_episodes` (the original's downsample_mask, as in its other datasets); as there,
