@@ -7,10 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
-
 from .buffer import DatasetError, ReplayBuffer
-from .lerobot import SIM_FILE, load_lerobot, read_sim_file
+from .lerobot import lerobot_start_states, load_lerobot
 from .lerobot_meta import LeRobotMeta, is_lerobot_root
 from .robomimic import load_robomimic_hdf5, read_start_states, robomimic_shape_meta
 
@@ -51,19 +49,4 @@ def sim_start_states(path, n: int, start: int) -> Tuple[dict, List[Dict[str, Any
     a robomimic file's demos, or a LeRobot copy written by `dp-fast convert` (meta/robomimic.json)."""
     if dataset_format(path) == "robomimic":
         return read_start_states(path, n, start)
-    sim = read_sim_file(path)
-    if sim is None:
-        raise DatasetError(f"{path}: no {SIM_FILE} (simulator env_args and start states; `dp-fast convert` "
-                           f"writes it): rollouts need --task, and no train episodes")
-    eps = sim["episodes"]
-    if start + n > len(eps):
-        raise DatasetError(f"{path}: {SIM_FILE} has {len(eps)} episodes, train episodes {start}..{start + n - 1} "
-                           f"asked for")
-    out = []
-    for i in range(start, start + n):
-        state = {"states": np.asarray(eps[i]["states"], dtype=np.float64)}
-        if eps[i].get("model") is not None:
-            state["model"] = eps[i]["model"]
-        out.append({"split": "train", "demo": i, "state": state})
-    return sim["env_args"], out
-
+    return lerobot_start_states(path, n, start)

@@ -39,6 +39,26 @@ def read_sim_file(root) -> Optional[Dict[str, Any]]:
         raise DatasetError(f"{p}: not valid JSON ({e})") from None
 
 
+def lerobot_start_states(root, n: int, start: int):
+    """(env_args, n rollout episodes from the first simulator states of episodes start, start + 1, ...)
+    of a `dp-fast convert` copy (its meta/robomimic.json), as robomimic.read_start_states gives them."""
+    sim = read_sim_file(root)
+    if sim is None:
+        raise DatasetError(f"{root}: no {SIM_FILE} (simulator env_args and start states; `dp-fast convert` "
+                           f"writes it): rollouts need --task, and no train episodes")
+    eps = sim["episodes"]
+    if start + n > len(eps):
+        raise DatasetError(f"{root}: {SIM_FILE} has {len(eps)} episodes, train episodes {start}..{start + n - 1} "
+                           f"asked for")
+    out = []
+    for i in range(start, start + n):
+        state = {"states": np.asarray(eps[i]["states"], dtype=np.float64)}
+        if eps[i].get("model") is not None:
+            state["model"] = eps[i]["model"]
+        out.append({"split": "train", "demo": i, "state": state})
+    return sim["env_args"], out
+
+
 def _numeric(table, name: str, dim: int, where: str) -> np.ndarray:
     """A numeric column as (rows, dim): fixed-size lists, lists, or scalars (dim 1)."""
     pa, _ = pyarrow_modules()
