@@ -12,7 +12,6 @@ and the replay's own success is checked again.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import signal
 import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional
@@ -22,6 +21,7 @@ import numpy as np
 from .env import make_env
 from .experts import make_expert, run_expert
 from .tasks import expert_max_steps
+from .threads import single_threaded_children
 
 SEED_STRIDE = 1_000_000
 
@@ -134,23 +134,6 @@ def _worker_attempt(job):
     return _WORKER.attempt(k, seed)
 
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-
-
-def _single_thread_env() -> List[str]:
-    """Single-threaded BLAS / OpenMP in the workers (several processes share few cores): sets the
-    variables not set yet and returns their names, for `_unset`."""
-    added = [var for var in _THREAD_VARS if var not in os.environ]
-    for var in added:
-        os.environ[var] = "1"
-    return added
-
-
-def _unset(names: List[str]) -> None:
-    for var in names:
-        os.environ.pop(var, None)
-
-
 def attempt_results(env_args: Mapping[str, Any], n_jobs: int, seed: int, workers: int,
                     max_steps: Optional[int], hold_steps: int, next_obs: bool,
                     perturb: float = 0.0) -> Iterator[Dict[str, Any]]:
@@ -165,13 +148,10 @@ def attempt_results(env_args: Mapping[str, Any], n_jobs: int, seed: int, workers
             rec.close()
         return
     ctx = mp.get_context("spawn")
-    added = _single_thread_env()
     stop = ctx.Event()
-    try:
+    with single_threaded_children():
         pool = ctx.Pool(workers, initializer=_worker_init,
                         initargs=(env_args, max_steps, hold_steps, next_obs, perturb, stop))
-    finally:
-        _unset(added)
     try:
         yield from pool.imap(_worker_attempt, ((k, seed) for k in range(n_jobs)), chunksize=1)
     finally:

@@ -27,10 +27,9 @@ from typing import Any, Dict, Mapping
 import numpy as np
 
 from .env import make_env, obs_to_policy
+from .threads import single_threaded_children
 from .video import still_path, write_still, write_video
 
-# BLAS / OpenMP thread counts of a worker: the envs share few cores, one thread each
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 # =========================================================================================== child process
@@ -204,14 +203,5 @@ def mp_context():
 
 def start_worker(ctx, cfg: Mapping[str, Any]) -> WorkerHandle:
     """Start a worker process (single-threaded BLAS / OpenMP); it sends "ready" once its env is built."""
-    saved = {v: os.environ.get(v) for v in _THREAD_VARS}
-    for v in saved:
-        os.environ[v] = "1"
-    try:
+    with single_threaded_children():
         return WorkerHandle(ctx, cfg)
-    finally:
-        for v, val in saved.items():
-            if val is None:
-                os.environ.pop(v, None)
-            else:
-                os.environ[v] = val
