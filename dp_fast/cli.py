@@ -1,5 +1,5 @@
 """`dp-fast` command line: demo (here), demos and eval (dp_fast.sim), train (dp_fast.train.cli),
-convert (dp_fast.data.convert), curves (dp_fast.train.curves_cli)."""
+convert (dp_fast.data.convert), curves (dp_fast.train.curves_cli), export (dp_fast.export)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from .atomic_file import atomic_write
+from . import export as export_cli
 from .backends import available_backends
 from .config import PolicyConfig
 from .data import convert as convert_cli
@@ -136,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(resumes in the same --out)"),
             ("eval", eval_cli, "evaluate a policy by rollouts in robosuite"),
             ("convert", convert_cli, "write a LeRobotDataset v3.0 copy of a robomimic hdf5 file (PyAV + pyarrow)"),
-            ("curves", curves_cli, "draw a training run's curves (PNG) again from its logs.jsonl / steps.jsonl")):
+            ("curves", curves_cli, "draw a training run's curves (PNG) again from its logs.jsonl / steps.jsonl"),
+            ("export", export_cli, "write a policy's encoder, denoiser and whole predict_action as ONNX graphs")):
         sp = sub.add_parser(name, help=help_text)
         mod.add_arguments(sp)
         sp.set_defaults(func=mod.run)

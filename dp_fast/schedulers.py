@@ -102,7 +102,8 @@ class NoiseScheduler:
         return self
 
     # ---------------------------------------------------------------------------------- timesteps
-    def _timestep_list(self, num_inference_steps: int) -> List[int]:
+    def timestep_list(self, num_inference_steps: int) -> List[int]:
+        """The K descending timesteps as python ints (what `timesteps` holds), checked and cached."""
         k, n = num_inference_steps, self.num_train_timesteps
         try:
             k = operator.index(k)
@@ -124,12 +125,12 @@ class NoiseScheduler:
 
     def timesteps(self, num_inference_steps: int) -> torch.Tensor:
         """(K,) int64 descending timesteps on the scheduler's device ("leading" spacing + steps_offset)."""
-        return torch.tensor(self._timestep_list(num_inference_steps), dtype=torch.int64, device=self.device)
+        return torch.tensor(self.timestep_list(num_inference_steps), dtype=torch.int64, device=self.device)
 
     def _prev_t(self, num_inference_steps: int, t: int) -> int:
         """Timestep the step from t lands on; negative past the end (diffusers' `prev_t`)."""
         if self.config.kind == "ddpm":  # next entry of the timestep list; none after the last one
-            ts = self._timestep_list(num_inference_steps)
+            ts = self.timestep_list(num_inference_steps)
             pos = self._ts_cache[num_inference_steps][1][t]
             return ts[pos + 1] if pos + 1 < len(ts) else -1
         return t - self.num_train_timesteps // num_inference_steps
@@ -154,10 +155,10 @@ class NoiseScheduler:
         """The noise plan of a K-step loop: for each iteration i, the index into the (N, ...) noise tensor
         of the step noise it uses, or -1 where diffusers draws none (see the module docstring). Every
         sampling loop, the C++ one included, reads its noise through this plan. Cached per K."""
-        k = len(self._timestep_list(num_inference_steps))
+        k = len(self.timestep_list(num_inference_steps))
         if k not in self._plans:
             plan, used = [], 1
-            for t in self._timestep_list(num_inference_steps):
+            for t in self.timestep_list(num_inference_steps):
                 draws = self._draws_noise(t)
                 plan.append(used if draws else -1)
                 used += draws
@@ -207,7 +208,7 @@ class NoiseScheduler:
         """
         cfg = self.config
         k = self.num_train_timesteps if num_inference_steps is None else num_inference_steps
-        ts = self._timestep_list(k)
+        ts = self.timestep_list(k)
         k, t = len(ts), self._timestep_int(t)
         if cfg.kind == "ddpm" and t not in self._ts_cache[k][1]:
             raise ValueError(f"timestep {t} is not one of the {k} DDPM timesteps {ts[:3]}...{ts[-1:]} "
@@ -267,7 +268,7 @@ class NoiseScheduler:
 
         Coefficients are computed in float64 from the float32 alphas_cumprod and cast once. Cached per K.
         """
-        timesteps = self._timestep_list(num_inference_steps)
+        timesteps = self.timestep_list(num_inference_steps)
         k = len(timesteps)
         if k in self._tables:
             return self._tables[k]

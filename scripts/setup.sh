@@ -5,15 +5,15 @@
 #   PYTHON                          interpreter for a new .venv (default python3)
 #   DP_FAST_TORCH / DP_FAST_TRITON  pins (default torch==2.13.0, triton==3.6.0: CPU torch; the Triton
 #                                   version of the GPU machines)
-#   DP_FAST_EXTRAS                  extras to install (default dev,triton,sim,lerobot,track: tests, Triton
+#   DP_FAST_EXTRAS                  extras to install (default dev,triton,sim,lerobot,track,export: tests, Triton
 #                                   interpreter, robosuite + mujoco for the simulation tests and the demo, PyAV +
 #                                   pyarrow for LeRobot datasets and their tests, wandb + tensorboard for
-#                                   logging.backend and the tracker tests)
+#                                   logging.backend and the tracker tests, onnx + onnxscript for dp-fast export)
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 TORCH_SPEC=${DP_FAST_TORCH:-torch==2.13.0}
 TRITON_SPEC=${DP_FAST_TRITON:-triton==3.6.0}
-DP_FAST_EXTRAS=${DP_FAST_EXTRAS:-dev,triton,sim,lerobot,track}
+DP_FAST_EXTRAS=${DP_FAST_EXTRAS:-dev,triton,sim,lerobot,track,export}
 
 pip_install() {  # pip's warnings about index directories that lack a package are noise here
   "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }

@@ -62,7 +62,7 @@ class _Static:
         self.mask = torch.zeros(shape, device=device, dtype=torch.bool) if inpaint else None
         self.timesteps = sched.timesteps(k)            # device tensors made before capture
         self.table = sched.step_table(k)
-        self.key = tuple(sched._timestep_list(k))
+        self.key = tuple(sched.timestep_list(k))
         self.plan = sched.noise_plan(k)
         self.zeros = torch.zeros(shape, device=device)  # the step noise of iterations that draw none
         self.timesteps_index = torch.arange(k, device=device)  # 0-d views as device step indices

@@ -33,14 +33,14 @@ class ReferenceSampler:
         if noise is None:
             noise = draw_noise(sched.num_noise(k), shape, generator, device, dtype)
         timesteps = sched.timesteps(k)
+        ints = sched.timestep_list(k)  # the step reads t as a python int (no host read of a tensor: exportable)
         data, mask = inpaint if inpaint is not None else (None, None)
         x = noise[0]
         for i, j in enumerate(sched.noise_plan(k)):
             if mask is not None:
                 x = torch.where(mask, data, x)
-            t = timesteps[i]
-            eps = self.model(x, t, cond)
-            x = sched.step(eps, t, x, noise[j] if j >= 0 else None, k)
+            eps = self.model(x, timesteps[i], cond)
+            x = sched.step(eps, ints[i], x, noise[j] if j >= 0 else None, k)
         if mask is not None:
             x = torch.where(mask, data, x)
         return x
