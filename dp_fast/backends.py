@@ -43,6 +43,13 @@ SAMPLERS = {
     "eager": "the CUDA-graph sampler's loop run uncaptured (dp_fast/sampling/graph.py)",
 }
 
+# What predict_action's observation encoder runs (DiffusionPolicy.encode_obs).
+ENCODERS = {
+    "reference": "the plain-PyTorch ResNets (dp_fast/models/vision.py)",
+    "onednn": "the ResNets' convolutions through oneDNN with weights packed once per batch size, channels_last "
+              "(dp_fast/models/vision_onednn.py)",
+}
+
 _REBUILD = "reinstall with `pip install --no-build-isolation -e .`"
 _triton_import: Optional[Tuple[bool, str]] = None  # (imports, error), cached
 _cuda_kernels: Optional[bool] = None
@@ -195,11 +202,13 @@ def resolve_op_backend(op: str, backend: Optional[str], device) -> str:
 
 @dataclass(frozen=True)
 class Resolution:
-    """What a policy on `device` runs: its backend, the sampler kind (a SAMPLERS key) and each op's backend."""
+    """What a policy on `device` runs: its backend, the sampler kind (a SAMPLERS key), the observation
+    encoder (an ENCODERS key, for inference; training runs the reference) and each op's backend."""
 
     backend: str
     device: torch.device
     sampler: str
+    encoder: str
     ops: Dict[str, str]
 
 
@@ -243,6 +252,24 @@ def _sampler_kind(backend: str, dev: str) -> str:
     return "eager"  # triton on a CPU policy (TRITON_INTERPRET=1): the graph sampler's loop, uncaptured
 
 
+def _encoder_kind(backend: str, dev: str) -> str:
+    """"onednn" under the cpu backend where torch's oneDNN ops are there ($DP_FAST_CPU_ENCODER=reference
+    turns it off), else "reference"."""
+    if backend != "cpu" or dev != "cpu" or os.environ.get("DP_FAST_CPU_ENCODER", "") == "reference":
+        return "reference"
+    return "onednn" if onednn_status()[0] else "reference"
+
+
+def onednn_status() -> Tuple[bool, str]:
+    """(usable, reason) of the "onednn" encoder: torch's oneDNN build and the two ops it calls."""
+    if not torch.backends.mkldnn.is_available():
+        return False, "torch was built without oneDNN (torch.backends.mkldnn.is_available() is False)"
+    for op in ("_reorder_convolution_weight", "_convolution_pointwise"):
+        if not hasattr(torch.ops.mkldnn, op):
+            return False, f"this torch has no torch.ops.mkldnn.{op}"
+    return True, "oneDNN convolutions with packed weights, channels_last"
+
+
 def op_backends(backend: str, device) -> Dict[str, str]:
     """Each op's backend under policy backend `backend` (already resolved) on `device`: that backend where
     the op has it, else what "auto" picks for the op (attention under "cpu": reference)."""
@@ -256,4 +283,5 @@ def resolve(name: Optional[str], device="cpu") -> Resolution:
     dev = torch.device(device)
     backend = policy_backend(name, dev)
     sampler = _sampler_kind(backend, dev.type)
-    return Resolution(backend=backend, device=dev, sampler=sampler, ops=op_backends(backend, dev))
+    return Resolution(backend=backend, device=dev, sampler=sampler, encoder=_encoder_kind(backend, dev.type),
+                      ops=op_backends(backend, dev))

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backends import SAMPLERS, Resolution, op_backends, policy_backend, resolve
+from .backends import ENCODERS, SAMPLERS, Resolution, op_backends, policy_backend, resolve
 from .config import PolicyConfig
 from .models.transformer import TransformerForDiffusion
 from .models.vision import ObsEncoder
+from .models.vision_onednn import OnednnEncoder
 from .normalizer import LinearNormalizer, image_range_field
 from .ops import add_noise
 from .policy_file import write_policy_file
@@ -62,6 +63,7 @@ class DiffusionPolicy(nn.Module):
         self._backend_request = backend
         self._resolution: Optional[Resolution] = None  # resolved for the policy's device, on first use
         self._sampler = None  # (weights key, sampler), rebuilt when the resolution or the weights change
+        self._onednn: Optional[OnednnEncoder] = None  # the "onednn" encoder (packs its weights itself)
         self._loss_ops: Dict[tuple, Dict[str, str]] = {}  # (backend request, device) -> op backends of compute_loss
         self.precision = "fp32"
         self.set_precision(precision)
@@ -192,9 +194,17 @@ class DiffusionPolicy(nn.Module):
     # ------------------------------------------------------------------ inference
     def encode_obs(self, nobs: Dict[str, torch.Tensor], batch: int,
                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """(B * To, ...) normalized obs -> (B, To, Do) features (crops on the resolved random_crop backend)."""
-        crop_backend = self.resolution.ops["random_crop"]
-        return self.obs_encoder(nobs, generator=generator, crop_backend=crop_backend).reshape(batch, self.n_obs_steps, -1)
+        """(B * To, ...) normalized obs -> (B, To, Do) features (crops on the resolved random_crop backend;
+        without grad, the ResNets on the resolved encoder: oneDNN with packed weights under "cpu")."""
+        res = self.resolution
+        crop_backend = res.ops["random_crop"]
+        if res.encoder == "onednn" and not torch.is_grad_enabled():
+            if self._onednn is None or self._onednn.encoder is not self.obs_encoder:
+                self._onednn = OnednnEncoder(self.obs_encoder)
+            feats = self._onednn.run(nobs, generator, crop_backend)
+        else:
+            feats = self.obs_encoder(nobs, generator=generator, crop_backend=crop_backend)
+        return feats.reshape(batch, self.n_obs_steps, -1)
 
     @torch.no_grad()
     def predict_action(self, obs: Mapping[str, torch.Tensor], noise: Optional[torch.Tensor] = None,
@@ -263,7 +273,7 @@ class DiffusionPolicy(nn.Module):
         sampler (and its implementation), the precision, and each op of dp_fast.backends.OPS."""
         res = self.resolution
         out = {"backend": res.backend, "device": str(res.device), "precision": self.precision, "sampler": res.sampler,
-               "sampler_impl": SAMPLERS[res.sampler], "obs_encoder": "reference (PyTorch)"}
+               "sampler_impl": SAMPLERS[res.sampler], "obs_encoder": f"{res.encoder}: {ENCODERS[res.encoder]}"}
         if res.sampler == "cpu":
             weights = "fp32" if self.precision == "fp32" else f"{self.precision} weights, fp32 activations"
             out["sampler_impl"] += f" [{isa()}, {weights}]"

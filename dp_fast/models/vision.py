@@ -6,7 +6,7 @@ after dropping their aliases (see dp_fast.original_format.map_original_state_dic
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -181,13 +181,17 @@ class ObsEncoder(nn.Module):
         return self._centre[key]
 
     def forward(self, obs: Dict[str, torch.Tensor], crop_offsets: Optional[Dict[str, torch.Tensor]] = None,
-                generator: Optional[torch.Generator] = None, crop_backend: Optional[str] = None) -> torch.Tensor:
+                generator: Optional[torch.Generator] = None, crop_backend: Optional[str] = None,
+                core: Optional[Callable[[str, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """core: another implementation of the VisualCores, core(key, cropped images) -> (N, feature_dim)
+        (the `cpu` backend's oneDNN encoder, dp_fast/models/vision_onednn.py); default obs_nets[key]."""
         feats = []
         for key in self.obs_meta:
             x = obs[key]
             if key in self.obs_nets:
                 off = None if crop_offsets is None else crop_offsets.get(key)
-                feats.append(F.relu(self.obs_nets[key](self.crop(x, off, generator, crop_backend))))
+                x = self.crop(x, off, generator, crop_backend)
+                feats.append(F.relu(self.obs_nets[key](x) if core is None else core(key, x)))
             else:
                 feats.append(x.reshape(x.shape[0], -1))
         return torch.cat(feats, dim=-1)

@@ -1,0 +1,90 @@
+"""The `cpu` backend's observation encoder: the ResNets' convolutions through oneDNN with packed weights.
+
+Plain PyTorch runs each Conv2d of an NCHW tensor through oneDNN too, but reorders the activations to
+oneDNN's blocked layout and back, and the weights to their packed layout, at every call: for the two
+ResNet18s of the seed configuration that is ~90 MB of weights rewritten per predict_action. Here the
+weights are packed once (torch.ops.mkldnn._reorder_convolution_weight, per batch size, as inductor's
+freezing pass does) and the activations stay channels_last from the first layer to the spatial softmax;
+GroupNorm, ReLU, max-pool, the residual adds, the spatial softmax and the linear stay the reference's
+PyTorch ops. Same math as VisualCore.forward (features within 1e-4 of it: tests/test_vision_onednn.py),
+for inference only (no autograd).
+
+Used by DiffusionPolicy.encode_obs when the resolution's encoder is "onednn" (dp_fast.backends) and grad
+is off; rebuilt when the encoder's weights change (see OnednnEncoder.run).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .vision import BasicBlock, ObsEncoder, VisualCore
+
+
+class _PackedCore:
+    """One VisualCore with its convolutions' weights packed for inputs of batch N."""
+
+    def __init__(self, core: VisualCore, n: int, hw: Tuple[int, int], channels: int):
+        self.core = core
+        self.packed: Dict[nn.Conv2d, torch.Tensor] = {}
+        sizes: Dict[nn.Conv2d, List[int]] = {}
+        convs = [m for m in core.backbone.modules() if isinstance(m, nn.Conv2d)]
+        hooks = [c.register_forward_hook(lambda m, i, o: sizes.__setitem__(m, list(i[0].shape))) for c in convs]
+        try:
+            with torch.no_grad():  # one reference pass of a zero batch records each convolution's input size
+                core.backbone(torch.zeros(n, channels, *hw))
+        finally:
+            for h in hooks:
+                h.remove()
+        for c in convs:
+            self.packed[c] = torch.ops.mkldnn._reorder_convolution_weight(
+                c.weight.detach(), list(c.padding), list(c.stride), list(c.dilation), c.groups, sizes[c])
+
+    def conv(self, c: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(x, self.packed[c], c.bias, list(c.padding), list(c.stride),
+                                                       list(c.dilation), c.groups, "none", [], "")
+
+    def block(self, blk: BasicBlock, x: torch.Tensor) -> torch.Tensor:
+        idt = x if blk.downsample is None else blk.downsample[1](self.conv(blk.downsample[0], x))
+        out = F.relu(blk.bn1(self.conv(blk.conv1, x)))
+        out = blk.bn2(self.conv(blk.conv2, out))
+        return F.relu(out + idt)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        nets = self.core.backbone.nets
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = nets[3](F.relu(nets[1](self.conv(nets[0], x))))  # stem conv, GroupNorm, ReLU, max-pool
+        for stage in nets[4:]:
+            for blk in stage:
+                x = self.block(blk, x)
+        kp = self.core.pool(x.contiguous())
+        return self.core.nets["3"](kp.flatten(1))
+
+
+class OnednnEncoder:
+    """Packs an ObsEncoder's VisualCores per (camera, batch size); `run` is ObsEncoder.forward on them."""
+
+    def __init__(self, encoder: ObsEncoder):
+        self.encoder = encoder
+        self._packed: Dict[Tuple[str, int, Tuple[int, int]], _PackedCore] = {}
+        self._key = None
+
+    def _weights_key(self):
+        return tuple((p.data_ptr(), p._version) for p in self.encoder.parameters())
+
+    def _core(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        k = (key, x.shape[0], tuple(x.shape[2:]))
+        if k not in self._packed:
+            self._packed[k] = _PackedCore(self.encoder.obs_nets[key], x.shape[0], tuple(x.shape[2:]), x.shape[1])
+        return self._packed[k](x)
+
+    def run(self, obs, generator=None, crop_backend=None) -> torch.Tensor:
+        """ObsEncoder.forward(obs, None, generator, crop_backend) with the packed cores (no autograd)."""
+        if torch.is_grad_enabled():
+            raise RuntimeError("the oneDNN encoder is for inference: call it under torch.no_grad()")
+        key = self._weights_key()
+        if key != self._key:  # the weights were replaced or changed in place: pack again
+            self._packed, self._key = {}, key
+        return self.encoder(obs, generator=generator, crop_backend=crop_backend, core=self._core)

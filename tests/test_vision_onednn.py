@@ -1,0 +1,77 @@
+"""The `cpu` backend's oneDNN observation encoder against the reference encoder (fresh random inputs)."""
+import pytest
+import torch
+
+from dp_fast import DiffusionPolicy, PolicyConfig
+from dp_fast.backends import onednn_status, resolve
+from dp_fast.models.vision_onednn import OnednnEncoder
+from tests.test_policy import random_obs, small_config
+
+pytestmark = pytest.mark.skipif(not onednn_status()[0], reason=onednn_status()[1])
+TOL = 1e-4
+
+
+def _nobs(policy, batch, seed):
+    torch.manual_seed(seed)
+    return policy.prepare_obs(random_obs(policy.config, batch))[0]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_seed_encoder_features_equal_reference(batch):
+    torch.manual_seed(0)
+    p = DiffusionPolicy(PolicyConfig(), backend="reference").eval()
+    enc = OnednnEncoder(p.obs_encoder)
+    nobs = _nobs(p, batch, seed=batch)
+    with torch.no_grad():
+        ref = p.obs_encoder(nobs)
+        fast = enc.run(nobs)
+    assert fast.shape == ref.shape
+    assert (fast - ref).abs().max().item() <= TOL
+
+
+def test_other_widths_random_eval_crops_and_weight_changes():
+    torch.manual_seed(1)
+    p = DiffusionPolicy(small_config(vision_width=16, eval_fixed_crop=False), backend="reference").eval()
+    enc = OnednnEncoder(p.obs_encoder)
+    nobs = _nobs(p, 2, seed=7)
+    with torch.no_grad():
+        ref = p.obs_encoder(nobs, generator=torch.Generator().manual_seed(3))
+        fast = enc.run(nobs, generator=torch.Generator().manual_seed(3))  # the same random crops drawn
+        assert (fast - ref).abs().max().item() <= TOL
+        for prm in p.obs_encoder.parameters():  # an in-place update (an optimizer / EMA step): packed again
+            prm.mul_(1.5)
+        ref2 = p.obs_encoder(nobs, generator=torch.Generator().manual_seed(3))
+        fast2 = enc.run(nobs, generator=torch.Generator().manual_seed(3))
+    assert (ref2 - ref).abs().max().item() > 1e-2
+    assert (fast2 - ref2).abs().max().item() <= TOL
+
+
+def test_inference_only():
+    p = DiffusionPolicy(small_config(vision_width=16), backend="reference").eval()
+    with pytest.raises(RuntimeError, match="inference"):
+        OnednnEncoder(p.obs_encoder).run(_nobs(p, 1, seed=0))
+
+
+def test_cpu_backend_resolves_to_it_and_predicts_the_reference_actions(monkeypatch):
+    assert resolve("cpu").encoder == "onednn"
+    assert resolve("reference").encoder == "reference"
+    monkeypatch.setenv("DP_FAST_CPU_ENCODER", "reference")
+    assert resolve("cpu").encoder == "reference"
+    monkeypatch.delenv("DP_FAST_CPU_ENCODER")
+    torch.manual_seed(2)
+    cfg = small_config(vision_width=16)
+    ref = DiffusionPolicy(cfg, backend="reference").eval()
+    fast = DiffusionPolicy(cfg, backend="cpu").eval()
+    fast.load_state_dict(ref.state_dict())
+    assert fast.describe_backends()["obs_encoder"].startswith("onednn")
+    obs = random_obs(cfg, 2)
+    noise = torch.randn(ref.noise_draws(), *ref.trajectory_shape(2))
+    with torch.no_grad():
+        a = ref.predict_action(obs, noise=noise)["action"]
+        b = fast.predict_action(obs, noise=noise)["action"]
+    assert fast._onednn is not None  # the oneDNN encoder ran
+    assert (a - b).abs().max().item() <= TOL
+    # with grad on (training), encode_obs runs the reference ResNets, whose graph autograd can follow
+    nobs, batch = fast.prepare_obs(obs)
+    feats = fast.encode_obs(nobs, batch)
+    assert feats.requires_grad
