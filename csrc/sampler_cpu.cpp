@@ -46,17 +46,28 @@ bool cpu_has_avx512() {
 #endif
 }
 
-// Which copy of the loop runs: DP_FAST_SAMPLER_ISA=generic forces the portable one (tests compare
-// the two); otherwise AVX-512 where the CPU has it.
+bool cpu_has_avx2() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+// Which copy of the loop runs: the widest the CPU has (avx512, else avx2 + fma, else generic), or the one
+// DP_FAST_SAMPLER_ISA names (tests compare the copies; asking for one the CPU lacks is an error).
 std::string sampler_isa() {
   const char* env = std::getenv("DP_FAST_SAMPLER_ISA");
   const std::string want = env ? env : "";
   if (want == "generic") return "generic";
-  TORCH_CHECK(want.empty() || want == "auto" || want == "avx512",
-              "DP_FAST_SAMPLER_ISA must be unset, 'auto', 'avx512' or 'generic', got '", want, "'");
-  const bool has = cpu_has_avx512();
-  TORCH_CHECK(want != "avx512" || has, "DP_FAST_SAMPLER_ISA=avx512 but this CPU lacks avx512f/bw/dq/vl");
-  return has ? "avx512" : "generic";
+  TORCH_CHECK(want.empty() || want == "auto" || want == "avx512" || want == "avx2",
+              "DP_FAST_SAMPLER_ISA must be unset, 'auto', 'avx512', 'avx2' or 'generic', got '", want, "'");
+  const bool has512 = cpu_has_avx512(), has2 = cpu_has_avx2();
+  TORCH_CHECK(want != "avx512" || has512, "DP_FAST_SAMPLER_ISA=avx512 but this CPU lacks avx512f/bw/dq/vl");
+  TORCH_CHECK(want != "avx2" || has2, "DP_FAST_SAMPLER_ISA=avx2 but this CPU lacks avx2 / fma");
+  if (want == "avx2") return "avx2";
+  return has512 ? "avx512" : has2 ? "avx2" : "generic";
 }
 
 // Lanes for this call (see sampler_cpu.h, Threading). Tensor-parallel lanes meet at 2 barriers per
@@ -215,8 +226,11 @@ at::Tensor sampler_loop_cpu(const at::Tensor& sample, const at::Tensor& noise, c
   a.nthreads = choose_threads(a);
   const WorkspaceLayout ws = workspace_layout(a);
   at::Tensor work = at::empty({ws.total}, sample.options());
-  if (sampler_isa() == "avx512") {
+  const std::string isa = sampler_isa();
+  if (isa == "avx512") {
     avx512::run_loop(a, work.mutable_data_ptr<float>());
+  } else if (isa == "avx2") {
+    avx2::run_loop(a, work.mutable_data_ptr<float>());
   } else {
     generic::run_loop(a, work.mutable_data_ptr<float>());
   }

@@ -166,6 +166,9 @@ class SpinBarrier {
 namespace avx512 {
 void run_loop(const LoopArgs& a, float* work);
 }
+namespace avx2 {
+void run_loop(const LoopArgs& a, float* work);
+}
 namespace generic {
 void run_loop(const LoopArgs& a, float* work);
 }

@@ -29,7 +29,8 @@ WEIGHT_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 def isa() -> str:
-    """Which compiled copy of the loop runs: "avx512" or "generic" (DP_FAST_SAMPLER_ISA forces one)."""
+    """Which compiled copy of the loop runs: "avx512", "avx2" (AVX2 + FMA) or "generic", the widest the CPU
+    has (DP_FAST_SAMPLER_ISA forces one)."""
     return torch.ops.dp_fast.sampler_isa()
 
 
