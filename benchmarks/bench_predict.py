@@ -16,6 +16,9 @@ Rows:
   cpu_fp32 / cpu_bf16 / cpu_fp16   backend "cpu": the whole loop in one C++ op (dp_fast/sampling/cpu.py),
                       weights in 32 / 16 bits (activations fp32)
   cuda_graph_fp32 / _bf16 / triton_fp32   CUDA rows (captured K-step loop); capture time in extra_info
+  torch_compile, onnxruntime_loop / _graph, openvino_loop / _graph   the peers a user would pick instead
+                      (benchmarks/peers.py: torch.compile of the reference denoiser; the ONNX export in
+                      ONNX Runtime and OpenVINO, loop in Python or the whole graph); CPU rows
 Groups are per (batch, scheduler, device): CUDA groups only where a GPU is present, CPU groups unless
 DP_FAST_BENCH_GPU_ONLY=1. The 16-bit rows record their action error against the fp32 reference in extra_info
 (max_abs_err_vs_reference). On CUDA the rounds are capped by --benchmark-max-time (benchmarks/_common.py).
@@ -36,6 +39,7 @@ import torch
 from dp_fast import DiffusionPolicy, PolicyConfig, SchedulerConfig, available_backends
 
 from benchmarks._common import devices, pedantic
+from benchmarks.peers import peer_rows
 
 _DDIM10 = {"num_inference_steps": 10, "scheduler": SchedulerConfig(kind="ddim")}
 GROUPS = {
@@ -95,11 +99,11 @@ def _original_denoiser(policy: DiffusionPolicy) -> Optional[torch.nn.Module]:
     return orig.eval()
 
 
-def _reference_row(policy):
+def _reference_row(policy, batch):
     return policy
 
 
-def _original_row(policy):
+def _original_row(policy, batch):
     orig = _original_denoiser(policy)
     if orig is None:
         pytest.skip("set DP_FAST_ORIGINAL_SRC to time the original TransformerForDiffusion (see module doc)")
@@ -110,7 +114,7 @@ def _original_row(policy):
 
 def _fast_row(backend: str, precision: str, devices=("cpu", "cuda")):
     """A copy of the policy on `backend` with `precision` (skipped where the backend cannot run)."""
-    def make(policy):
+    def make(policy, batch):
         if policy.device.type not in devices:
             pytest.skip(f"backend {backend!r} is not a {policy.device.type} row")
         info = available_backends().get(backend, {"available": False, "reason": "unknown backend"})
@@ -125,7 +129,8 @@ def _fast_row(backend: str, precision: str, devices=("cpu", "cuda")):
     return make
 
 
-# row name -> factory(reference policy) -> object with predict_action(obs, noise=) (skip inside if unavailable)
+# row name -> factory(reference policy, batch) -> object with predict_action(obs, noise=) (skip inside if
+# unavailable)
 ROW_FACTORIES: Dict[str, Callable] = {
     "reference": _reference_row,
     "original_denoiser": _original_row,
@@ -135,6 +140,7 @@ ROW_FACTORIES: Dict[str, Callable] = {
     "cuda_graph_fp32": _fast_row("cuda", "fp32", ("cuda",)),
     "cuda_graph_bf16": _fast_row("cuda", "bf16", ("cuda",)),
     "triton_fp32": _fast_row("triton", "fp32", ("cuda",)),
+    **peer_rows(),
 }
 
 _cache: Dict[str, tuple] = {}
@@ -160,8 +166,8 @@ def _group_setup(group: str, device: str):
 def test_predict_action(benchmark, device, group, row):
     policy, obs, noise, ref = _group_setup(group, device)
     factory = ROW_FACTORIES[row]
-    runner = factory(policy)
     batch = GROUPS[group][0]
+    runner = factory(policy, batch)
     precision = getattr(factory, "precision", "fp32")
     cuda = device == "cuda"
     with torch.no_grad():
@@ -179,7 +185,10 @@ def test_predict_action(benchmark, device, group, row):
     benchmark.group = f"{group}_{device}"
     benchmark.extra_info.update(batch=batch, k=policy.num_inference_steps, device=device, precision=precision,
                                 threads=torch.get_num_threads(), max_abs_err_vs_reference=err)
-    capture = getattr(runner.sampler, "capture_seconds", {})
+    for name in ("compile_s", "export_s"):  # the peers' one-off costs, outside the timed calls
+        if getattr(runner, name, None) is not None:
+            benchmark.extra_info[name] = round(getattr(runner, name), 2)
+    capture = getattr(getattr(runner, "sampler", None), "capture_seconds", {})
     if capture:  # once per (batch, K) key, outside the steady state timed below
         benchmark.extra_info["capture_s"] = round(sum(capture.values()), 4)
     pedantic(benchmark, call, rounds=ROUNDS[batch] * (20 if cuda else 1), iterations=1, warmup_rounds=1, cuda=cuda)
