@@ -29,6 +29,8 @@ EXTRA_COLUMNS = [
     ("bandwidth_frac", "of peak BW", "{:.0%}"),
     ("peak_gbps", "peak BW: d2d copy (GB/s)", "{:.0f}"),
     ("capture_s", "capture (s)", "{:.3f}"),
+    ("compile_s", "compile (s)", "{:.1f}"),
+    ("export_s", "ONNX export (s)", "{:.0f}"),
     ("samples_per_s", "samples/s", "{:.1f}"),
     ("max_abs_err_vs_reference", "max abs err vs reference", "{:.1e}"),
 ]

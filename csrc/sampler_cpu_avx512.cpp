@@ -24,9 +24,11 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #define DP_SAMPLER_AVX512 1
+#define DP_SAMPLER_AVX2 0
 #define DP_SAMPLER_NS avx512
 #include "sampler_cpu_kernels.inc"
 #undef DP_SAMPLER_NS
+#undef DP_SAMPLER_AVX2
 #undef DP_SAMPLER_AVX512
 #pragma GCC pop_options
 #else

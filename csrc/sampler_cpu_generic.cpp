@@ -16,7 +16,9 @@
 #include "sampler_cpu.h"
 
 #define DP_SAMPLER_AVX512 0
+#define DP_SAMPLER_AVX2 0
 #define DP_SAMPLER_NS generic
 #include "sampler_cpu_kernels.inc"
 #undef DP_SAMPLER_NS
+#undef DP_SAMPLER_AVX2
 #undef DP_SAMPLER_AVX512

@@ -46,6 +46,26 @@ def test_other_widths_random_eval_crops_and_weight_changes():
     assert (fast2 - ref2).abs().max().item() <= TOL
 
 
+@pytest.mark.parametrize("residual,relu", [(False, True), (True, True), (False, False)])
+def test_group_norm_act_equals_torch(residual, relu):
+    from dp_fast import _ext
+
+    _ext.require()
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(3, 64, 7, 5, generator=g) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(64, generator=g), torch.randn(64, generator=g)
+    r = torch.randn(3, 64, 7, 5, generator=g).contiguous(memory_format=torch.channels_last) if residual else None
+    ref = torch.nn.functional.group_norm(x, 4, w, b, 1e-5) + (r if residual else 0)
+    ref = ref.clamp_min(0) if relu else ref
+    out = torch.ops.dp_fast.group_norm_act(x, w, b, 4, 1e-5, r, relu)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert (out - ref).abs().max().item() <= 1e-5
+    with pytest.raises(RuntimeError, match="channels_last"):
+        torch.ops.dp_fast.group_norm_act(x.contiguous(), w, b, 4, 1e-5, None, relu)
+    with pytest.raises(RuntimeError, match="must divide the 64 channels"):
+        torch.ops.dp_fast.group_norm_act(x, w, b, 5, 1e-5, None, relu)
+
+
 def test_inference_only():
     p = DiffusionPolicy(small_config(vision_width=16), backend="reference").eval()
     with pytest.raises(RuntimeError, match="inference"):

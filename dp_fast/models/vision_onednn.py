@@ -4,9 +4,10 @@ Plain PyTorch runs each Conv2d of an NCHW tensor through oneDNN too, but reorder
 oneDNN's blocked layout and back, and the weights to their packed layout, at every call: for the two
 ResNet18s of the seed configuration that is ~90 MB of weights rewritten per predict_action. Here the
 weights are packed once (torch.ops.mkldnn._reorder_convolution_weight, per batch size, as inductor's
-freezing pass does) and the activations stay channels_last from the first layer to the spatial softmax;
-GroupNorm, ReLU, max-pool, the residual adds, the spatial softmax and the linear stay the reference's
-PyTorch ops. Same math as VisualCore.forward (features within 1e-4 of it: tests/test_vision_onednn.py),
+freezing pass does), the activations stay channels_last from the first layer to the spatial softmax, and
+each GroupNorm runs with the ReLU and the residual add that follow it in one pass (the extension's
+dp_fast::group_norm_act, csrc/group_norm_act.cpp); max-pool, the spatial softmax and the linear stay the
+reference's PyTorch ops. Same math as VisualCore.forward (features within 1e-4 of it: tests/test_vision_onednn.py),
 for inference only (no autograd).
 
 Used by DiffusionPolicy.encode_obs when the resolution's encoder is "onednn" (dp_fast.backends) and grad
@@ -17,9 +18,9 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .. import _ext
 from .vision import BasicBlock, ObsEncoder, VisualCore
 
 
@@ -46,16 +47,21 @@ class _PackedCore:
         return torch.ops.mkldnn._convolution_pointwise(x, self.packed[c], c.bias, list(c.padding), list(c.stride),
                                                        list(c.dilation), c.groups, "none", [], "")
 
+    @staticmethod
+    def norm(gn: nn.GroupNorm, x: torch.Tensor, residual=None, relu: bool = True) -> torch.Tensor:
+        """GroupNorm [+ residual] [+ ReLU] in one pass over the channels_last tensor (csrc/group_norm_act.cpp)."""
+        return torch.ops.dp_fast.group_norm_act(x, gn.weight, gn.bias, gn.num_groups, gn.eps, residual, relu)
+
     def block(self, blk: BasicBlock, x: torch.Tensor) -> torch.Tensor:
-        idt = x if blk.downsample is None else blk.downsample[1](self.conv(blk.downsample[0], x))
-        out = F.relu(blk.bn1(self.conv(blk.conv1, x)))
-        out = blk.bn2(self.conv(blk.conv2, out))
-        return F.relu(out + idt)
+        idt = x if blk.downsample is None else self.norm(blk.downsample[1], self.conv(blk.downsample[0], x),
+                                                         relu=False)
+        out = self.norm(blk.bn1, self.conv(blk.conv1, x))
+        return self.norm(blk.bn2, self.conv(blk.conv2, out), residual=idt)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         nets = self.core.backbone.nets
         x = x.contiguous(memory_format=torch.channels_last)
-        x = nets[3](F.relu(nets[1](self.conv(nets[0], x))))  # stem conv, GroupNorm, ReLU, max-pool
+        x = nets[3](self.norm(nets[1], self.conv(nets[0], x)))  # stem conv, GroupNorm + ReLU, max-pool
         for stage in nets[4:]:
             for blk in stage:
                 x = self.block(blk, x)
@@ -67,6 +73,7 @@ class OnednnEncoder:
     """Packs an ObsEncoder's VisualCores per (camera, batch size); `run` is ObsEncoder.forward on them."""
 
     def __init__(self, encoder: ObsEncoder):
+        _ext.require()  # dp_fast::group_norm_act
         self.encoder = encoder
         self._packed: Dict[Tuple[str, int, Tuple[int, int]], _PackedCore] = {}
         self._key = None
