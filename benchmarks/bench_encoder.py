@@ -23,8 +23,9 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch._inductor.config as inductor_config
 
-from dp_fast import DiffusionPolicy, PolicyConfig
+from dp_fast import DiffusionPolicy, PolicyConfig, available_backends
 
 from benchmarks._common import cpu_row
 from benchmarks.peers import export_for, obs_feed, session_factory
@@ -59,14 +60,15 @@ def _row(name, policy, obs, nobs, batch, info):
     if name == "reference":
         return _torch_runner(policy, nobs, batch)
     if name == "onednn":
+        info_cpu = available_backends()["cpu"]
+        if not info_cpu["available"]:
+            pytest.skip(f"backend 'cpu' unavailable: {info_cpu['reason']}")
         fast = DiffusionPolicy(policy.config, backend="cpu").eval()
         fast.load_state_dict(policy.state_dict())
         if fast.resolution.encoder != "onednn":
             pytest.skip(f"the cpu backend's encoder is {fast.resolution.encoder!r} here")
         return _torch_runner(fast, nobs, batch)
     if name == "torch_compile":
-        import torch._inductor.config as inductor_config
-
         enc = torch.compile(copy.deepcopy(policy.obs_encoder))
         t0 = time.perf_counter()
         with inductor_config.patch(freezing=True), torch.no_grad():
