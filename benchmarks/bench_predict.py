@@ -14,7 +14,10 @@ Rows:
                       (e.g. extracted with `git show HEAD:<path>` from a clone of real-stanford/diffusion_policy).
                       It shows that the reference is no slower than the original on the machine at hand.
   cpu_fp32 / cpu_bf16 / cpu_fp16   backend "cpu": the whole loop in one C++ op (dp_fast/sampling/cpu.py),
-                      weights in 32 / 16 bits (activations fp32)
+                      weights in 32 / 16 bits; cpu_bf16 runs bf16 dot products (vdpbf16ps, fp32
+                      accumulation) on a CPU with AVX512_BF16, else bf16 weights in fp32 arithmetic
+  cpu_bf16_widen      bf16 weights widened to fp32 as they are read (DP_FAST_SAMPLER_BF16=widen): the
+                      16-bit mode of CPUs without AVX512_BF16, as a row beside the dot products
   cuda_graph_fp32 / _bf16 / triton_fp32   CUDA rows (captured K-step loop); capture time in extra_info
   torch_compile, onnxruntime_loop / _graph, openvino_loop / _graph   the peers a user would pick instead
                       (benchmarks/peers.py: torch.compile of the reference denoiser; the ONNX export in
@@ -112,8 +115,9 @@ def _original_row(policy, batch):
     return p
 
 
-def _fast_row(backend: str, precision: str, devices=("cpu", "cuda")):
-    """A copy of the policy on `backend` with `precision` (skipped where the backend cannot run)."""
+def _fast_row(backend: str, precision: str, devices=("cpu", "cuda"), bf16_mode: Optional[str] = None):
+    """A copy of the policy on `backend` with `precision` (skipped where the backend cannot run); bf16_mode:
+    DP_FAST_SAMPLER_BF16 for the cpu rows ("auto" unless given)."""
     def make(policy, batch):
         if policy.device.type not in devices:
             pytest.skip(f"backend {backend!r} is not a {policy.device.type} row")
@@ -124,7 +128,18 @@ def _fast_row(backend: str, precision: str, devices=("cpu", "cuda")):
             pytest.skip("triton on the CPU is the interpreter: a correctness tool, not a timing row")
         p = DiffusionPolicy(policy.config, backend=backend, precision=precision)
         p.load_state_dict(policy.state_dict())
-        return p.to(policy.device).eval()
+        p = p.to(policy.device).eval()
+        if bf16_mode is not None:  # the cpu sampler reads it when it packs the weights: pack now
+            saved = os.environ.get("DP_FAST_SAMPLER_BF16")
+            os.environ["DP_FAST_SAMPLER_BF16"] = bf16_mode
+            try:
+                p.sampler
+            finally:
+                if saved is None:
+                    del os.environ["DP_FAST_SAMPLER_BF16"]
+                else:
+                    os.environ["DP_FAST_SAMPLER_BF16"] = saved
+        return p
     make.precision = precision
     return make
 
@@ -135,7 +150,8 @@ ROW_FACTORIES: Dict[str, Callable] = {
     "reference": _reference_row,
     "original_denoiser": _original_row,
     "cpu_fp32": _fast_row("cpu", "fp32", ("cpu",)),
-    "cpu_bf16": _fast_row("cpu", "bf16", ("cpu",)),
+    "cpu_bf16": _fast_row("cpu", "bf16", ("cpu",), "auto"),
+    "cpu_bf16_widen": _fast_row("cpu", "bf16", ("cpu",), "widen"),
     "cpu_fp16": _fast_row("cpu", "fp16", ("cpu",)),
     "cuda_graph_fp32": _fast_row("cuda", "fp32", ("cuda",)),
     "cuda_graph_bf16": _fast_row("cuda", "bf16", ("cuda",)),

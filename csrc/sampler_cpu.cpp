@@ -46,6 +46,15 @@ bool cpu_has_avx512() {
 #endif
 }
 
+bool cpu_has_avx512_bf16() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
 bool cpu_has_avx2() {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
   __builtin_cpu_init();
@@ -69,6 +78,10 @@ std::string sampler_isa() {
   if (want == "avx2") return "avx2";
   return has512 ? "avx512" : has2 ? "avx2" : "generic";
 }
+
+// Whether the loop can run bf16 dot products (kWBf16Pairs) here: the AVX-512 copy runs and the CPU has
+// AVX512_BF16. Without it, precision="bf16" packs plain bf16 weights (fp32 arithmetic; dp_fast/sampling/cpu.py).
+bool sampler_bf16_dot() { return sampler_isa() == "avx512" && cpu_has_avx512_bf16(); }
 
 // Lanes for this call (see sampler_cpu.h, Threading). Tensor-parallel lanes meet at 2 barriers per
 // layer, so each lane's share of a layer must dwarf a barrier (~a few us); batch lanes fork once per
@@ -130,8 +143,17 @@ at::Tensor sampler_loop_cpu(const at::Tensor& sample, const at::Tensor& noise, c
   }
   check_f32(table, "table", {a.K, kDdpmTableCols});
 
-  const at::ScalarType wt = a.wdtype == kWBFloat16 ? at::kBFloat16 : a.wdtype == kWHalf ? at::kHalf : at::kFloat;
-  TORCH_CHECK(a.wdtype >= 0 && a.wdtype <= 2, kOp, "layout wdtype must be 0 (fp32), 1 (bf16) or 2 (fp16)");
+  const bool pairs = a.wdtype == kWBf16Pairs;
+  const at::ScalarType wt =
+      a.wdtype == kWBFloat16 || pairs ? at::kBFloat16 : a.wdtype == kWHalf ? at::kHalf : at::kFloat;
+  TORCH_CHECK(a.wdtype >= 0 && a.wdtype <= 3, kOp,
+              "layout wdtype must be 0 (fp32), 1 (bf16), 2 (fp16) or 3 (bf16 K-pairs), got ", a.wdtype);
+  TORCH_CHECK(!pairs || sampler_bf16_dot(), kOp, "wdtype 3 (bf16 dot products) needs the AVX-512 loop on a CPU ",
+              "with AVX512_BF16; this one runs the ", sampler_isa(), " copy",
+              cpu_has_avx512_bf16() ? "" : " and has no AVX512_BF16");
+  TORCH_CHECK(!pairs || (a.E % 2 == 0 && (a.E / a.H) % 2 == 0 && a.F % 2 == 0), kOp,
+              "wdtype 3 (bf16 K-pairs) needs an even width, head size and FFN width, got E=", a.E, " H=", a.H,
+              " F=", a.F);
   TORCH_CHECK(weights.device().is_cpu() && weights.scalar_type() == wt && weights.dim() == 1 && weights.is_contiguous(),
               kOp, "`weights` must be a contiguous 1-d CPU ", wt, " tensor, got ", weights.scalar_type(), " ",
               weights.sizes());
@@ -144,7 +166,7 @@ at::Tensor sampler_loop_cpu(const at::Tensor& sample, const at::Tensor& noise, c
 
   // Every offset is bounds-checked here, so the loop itself never reads outside the blobs.
   auto wmat = [&](int64_t off, int64_t n, int64_t k, const char* name) -> const void* {
-    const int64_t need = (n + kPanel - 1) / kPanel * kPanel * k;
+    const int64_t need = (n + kPanel - 1) / kPanel * kPanel * (pairs ? (k + 1) / 2 * 2 : k);
     TORCH_CHECK(off >= 0 && off + need <= weights.numel(), kOp, "weight '", name, "' at ", off, " (", need,
                 " elements) is outside `weights` (", weights.numel(), ")");
     return wbase + off * welem;
@@ -244,6 +266,7 @@ at::Tensor sampler_loop_cpu(const at::Tensor& sample, const at::Tensor& noise, c
 TORCH_LIBRARY_FRAGMENT(dp_fast, m) {
   m.def("sampler_layout() -> str", &dp_fast::sampler::sampler_layout);
   m.def("sampler_isa() -> str", &dp_fast::sampler::sampler_isa);
+  m.def("sampler_bf16_dot() -> bool", &dp_fast::sampler::sampler_bf16_dot);
   m.def(
       "sampler_loop(Tensor sample, Tensor noise, Tensor noise_index, Tensor table, Tensor weights, Tensor params, "
       "int[] layout, Tensor[] terms, Tensor? inpaint_data, Tensor? inpaint_mask, float ln_eps) -> Tensor");

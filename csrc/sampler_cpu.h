@@ -11,7 +11,8 @@
 //   noise        (N, B, T, D) fp32  step noise; iteration i adds noise[noise_index[i]] (none if < 0)
 //   noise_index  (K,) int64
 //   table        (K, 10) fp32       NoiseScheduler.step_table(K): row i drives iteration i
-//   weights      1-d, fp32 / bf16 / fp16: every matmul weight, packed as panels (see below)
+//   weights      1-d, fp32 / bf16 / fp16: every matmul weight, packed as panels (see below; bf16 also in
+//                K-pairs for bf16 dot products, kWBf16Pairs)
 //   params       1-d fp32: biases, LayerNorm weights, position embeddings
 //   layout       int[]: the fields of kLayoutFields then kLayerFields per layer (offsets into the
 //                two blobs); dp_fast/sampling/cpu.py builds it from sampler_layout()
@@ -56,7 +57,10 @@ enum LayoutField : int { DP_FAST_SAMPLER_LAYOUT_FIELDS(DP_FAST_SAMPLER_ENUM) kLa
 enum LayerField : int { DP_FAST_SAMPLER_LAYER_FIELDS(DP_FAST_SAMPLER_ENUM) kLayerFields };
 #undef DP_FAST_SAMPLER_ENUM
 
-enum WeightDtype : int { kWFloat = 0, kWBFloat16 = 1, kWHalf = 2 };
+// kWBf16Pairs: bf16 weights packed in K-pairs (panel row kk holds, for each of its 32 columns j,
+// W[j, 2kk] then W[j, 2kk + 1]; odd K zero padded), for bf16 dot products: the loop rounds each matmul's
+// input rows to bf16 as well and accumulates in fp32 with vdpbf16ps. AVX-512 copy on AVX512_BF16 CPUs only.
+enum WeightDtype : int { kWFloat = 0, kWBFloat16 = 1, kWHalf = 2, kWBf16Pairs = 3 };
 
 // Everything the loop reads, resolved to pointers (built and validated by sampler_cpu.cpp).
 struct LayerPtrs {

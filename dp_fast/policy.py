@@ -228,8 +228,10 @@ class DiffusionPolicy(nn.Module):
         """Inference precision of the denoiser: "fp32" (default), "bf16" or "fp16" (or torch dtypes).
 
         fp32 gives the reference's actions. bf16 / fp16 apply to the fast samplers only: on the `cpu`
-        backend the matmul weights are stored in 16 bits (half the bytes per step) while activations,
-        accumulation and the scheduler step stay fp32; on CUDA (`cuda` / `triton`) the denoiser runs in
+        backend the matmul weights are stored in 16 bits (half the bytes per step); with bf16 on a CPU with
+        AVX512_BF16 the matmuls multiply bf16 inputs with fp32 accumulation (vdpbf16ps), elsewhere activations
+        and accumulation stay fp32 (describe_backends()["sampler_impl"] says which); LayerNorm, softmax and
+        the scheduler step are fp32 in every mode; on CUDA (`cuda` / `triton`) the denoiser runs in
         that dtype (tensor cores), the scheduler step in fp32. The observation encoder always runs in
         fp32. The `reference` backend is the fp32 ground truth and rejects the others.
         """
@@ -275,8 +277,7 @@ class DiffusionPolicy(nn.Module):
         out = {"backend": res.backend, "device": str(res.device), "precision": self.precision, "sampler": res.sampler,
                "sampler_impl": SAMPLERS[res.sampler], "obs_encoder": f"{res.encoder}: {ENCODERS[res.encoder]}"}
         if res.sampler == "cpu":
-            weights = "fp32" if self.precision == "fp32" else f"{self.precision} weights, fp32 activations"
-            out["sampler_impl"] += f" [{isa()}, {weights}]"
+            out["sampler_impl"] += f" [{isa()}, {self.sampler.arithmetic}]"
         out.update(res.ops)
         return out
 

@@ -7,7 +7,11 @@ weights and position embeddings in a second fp32 blob), builds the per-call cond
 terms are cached per model for all K timesteps) and calls the op.
 
 Precision: `weight_dtype` bf16 / fp16 stores the matmul weights in 16 bits (half the bytes streamed per
-step); activations, accumulation, LayerNorm, softmax and the scheduler step stay fp32.
+step). On a CPU with AVX512_BF16 (`has_bf16_dot()`), bf16 also rounds each matmul's input rows to bf16 and
+multiplies with vdpbf16ps (two bf16 products per fp32 lane and instruction, fp32 accumulation): twice the
+multiply-adds per instruction of fp32. Elsewhere (and with `bf16_dot=False`) bf16 / fp16 weights are
+widened to fp32 as they are read. LayerNorm, softmax, the cross-attention with the condition, the
+residual stream and the scheduler step stay fp32 in every mode.
 
 Every mode of the reference runs here: decoder with MLP or TransformerEncoder condition encoder,
 with or without observation tokens / causal masks, encoder-only (time_as_cond=False), inpainting
@@ -15,6 +19,7 @@ with or without observation tokens / causal masks, encoder-only (time_as_cond=Fa
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -26,12 +31,25 @@ from .denoiser import FastDenoiser
 from .noise import draw_noise
 
 WEIGHT_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+WDTYPE_BF16_PAIRS = 3  # bf16 weights in K-pairs for bf16 dot products (csrc/sampler_cpu.h)
 
 
 def isa() -> str:
     """Which compiled copy of the loop runs: "avx512", "avx2" (AVX2 + FMA) or "generic", the widest the CPU
     has (DP_FAST_SAMPLER_ISA forces one)."""
     return torch.ops.dp_fast.sampler_isa()
+
+
+def has_bf16_dot() -> bool:
+    """Whether precision="bf16" runs bf16 dot products here (the AVX-512 loop on a CPU with AVX512_BF16)."""
+    return bool(torch.ops.dp_fast.sampler_bf16_dot())
+
+
+def _bf16_mode_from_env() -> Optional[bool]:
+    mode = os.environ.get("DP_FAST_SAMPLER_BF16", "")
+    if mode not in ("", "auto", "dot", "widen"):
+        raise ValueError(f"DP_FAST_SAMPLER_BF16 must be unset, 'auto', 'dot' or 'widen', got {mode!r}")
+    return {"dot": True, "widen": False}.get(mode)
 
 
 def _layout_fields() -> Tuple[List[str], List[str], int, int]:
@@ -68,18 +86,41 @@ def _panels(w: torch.Tensor, panel: int) -> torch.Tensor:
     return padded.reshape(np_, panel, k).transpose(1, 2).contiguous().reshape(-1)
 
 
+def _pair_panels(w: torch.Tensor, panel: int) -> torch.Tensor:
+    """Linear weight (N, K) -> ceil(N / panel) panels of K-pairs: panel row kk holds W[j, 2kk], W[j, 2kk + 1]
+    for its columns j (N and odd K zero padded), flattened."""
+    n, k = w.shape
+    np_, k2 = -(-n // panel), -(-k // 2)
+    padded = w.new_zeros(np_ * panel, 2 * k2)
+    padded[:n, :k] = w
+    return padded.reshape(np_, panel, k2, 2).transpose(1, 2).contiguous().reshape(-1)
+
+
 class CpuSampler:
     """A TransformerForDiffusion packed for dp_fast::sampler_loop. Rebuild it after the weights change."""
 
-    def __init__(self, model: TransformerForDiffusion, weight_dtype: torch.dtype = torch.float32):
+    def __init__(self, model: TransformerForDiffusion, weight_dtype: torch.dtype = torch.float32,
+                 bf16_dot: Optional[bool] = None):
+        """bf16_dot (bf16 weights only): bf16 dot products (True; needs `has_bf16_dot()`), bf16 weights widened
+        to fp32 (False), or None: $DP_FAST_SAMPLER_BF16 ("dot" / "widen") if set, else dot products where
+        the CPU has them."""
         _ext.require()
+        if bf16_dot is None:
+            bf16_dot = _bf16_mode_from_env()
         if weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight_dtype must be one of {list(WEIGHT_DTYPES)}, got {weight_dtype}")
+        if bf16_dot and weight_dtype != torch.bfloat16:
+            raise ValueError(f"bf16_dot=True needs weight_dtype=torch.bfloat16, got {weight_dtype}")
+        if bf16_dot and not has_bf16_dot():
+            raise ValueError(f"bf16_dot=True needs the AVX-512 loop on a CPU with AVX512_BF16; this one runs "
+                             f"the {isa()} copy without it")
         if model.head.weight.device.type != "cpu" or model.head.weight.dtype != torch.float32:
             raise ValueError(f"the cpu sampler needs a float32 model on the CPU, got {model.head.weight.dtype} on "
                              f"{model.head.weight.device}")
         self.model = model
         self.weight_dtype = weight_dtype
+        self.bf16_dot = weight_dtype == torch.bfloat16 and (has_bf16_dot() if bf16_dot is None else bf16_dot)
+        self._dot_asked = bool(bf16_dot)
         self.encoder_only = model.encoder_only
         self.den = None if self.encoder_only else FastDenoiser(model, torch.float32)
         self._check_masks()
@@ -111,12 +152,20 @@ class CpuSampler:
         g = {"version": version, "E": e, "H": layers[0].self_attn.n_head, "L": len(layers),
              "F": layers[0].linear1.out_features, "P": 1 if self.encoder_only else 0,
              "has_ca": 0 if self.encoder_only else 1, "causal": int(m.mask is not None),
-             "mem_mask": int(m.memory_mask is not None), "wdtype": WEIGHT_DTYPES[self.weight_dtype],
-             "D": m.input_emb.in_features}
+             "mem_mask": int(m.memory_mask is not None), "D": m.input_emb.in_features,
+             "wdtype": WDTYPE_BF16_PAIRS if self.bf16_dot else WEIGHT_DTYPES[self.weight_dtype]}
+        if self.bf16_dot and (e % 2 or (e // g["H"]) % 2 or g["F"] % 2):
+            if not self._dot_asked:  # automatic choice: this model runs bf16 weights in fp32
+                self.bf16_dot = False
+                g["wdtype"] = WEIGHT_DTYPES[self.weight_dtype]
+        if self.bf16_dot and (e % 2 or (e // g["H"]) % 2 or g["F"] % 2):
+            raise ValueError(f"bf16 dot products need an even width, head size and FFN width, got n_emb={e}, "
+                             f"n_head={g['H']}, FFN {g['F']} (bf16_dot=False runs bf16 weights in fp32)")
+        pack = (lambda t: _pair_panels(t, panel)) if self.bf16_dot else (lambda t: _panels(t, panel))
         if m.head.out_features != g["D"]:
             raise ValueError("the cpu sampler needs input_dim == output_dim (a denoiser)")
         # Packed in the order the loop reads them: input embedding, layer by layer, head.
-        g["w_in"] = w.add(_panels(m.input_emb.weight, panel))
+        g["w_in"] = w.add(pack(m.input_emb.weight))
         g["b_in"] = p.add(m.input_emb.bias)
         g["pos"] = p.add(m.pos_emb[0, g["P"]:])  # rows of the action tokens
         per_layer = []
@@ -125,8 +174,8 @@ class CpuSampler:
             # in-projection rows per head [q_h, k_h, v_h]: a tensor-parallel lane's heads are then one
             # contiguous column range of the qkv output
             qkv_rows = torch.arange(3 * e).reshape(3, g["H"], e // g["H"]).transpose(0, 1).reshape(-1)
-            f = {"w_qkv": w.add(_panels(sa.in_proj_weight[qkv_rows], panel)), "w_o": w.add(_panels(sa.out_proj.weight, panel)),
-                 "w_1": w.add(_panels(layer.linear1.weight, panel)), "w_2": w.add(_panels(layer.linear2.weight, panel)),
+            f = {"w_qkv": w.add(pack(sa.in_proj_weight[qkv_rows])), "w_o": w.add(pack(sa.out_proj.weight)),
+                 "w_1": w.add(pack(layer.linear1.weight)), "w_2": w.add(pack(layer.linear2.weight)),
                  "ln_sa_w": p.add(layer.norm1.weight), "ln_sa_b": p.add(layer.norm1.bias),
                  "b_qkv": p.add(sa.in_proj_bias[qkv_rows]), "b_o": p.add(sa.out_proj.bias),
                  "ln_ca_w": -1, "ln_ca_b": -1, "ca_bo": -1}
@@ -138,11 +187,20 @@ class CpuSampler:
             f.update(ln_ff_w=p.add(ff_norm.weight), ln_ff_b=p.add(ff_norm.bias), b_1=p.add(layer.linear1.bias),
                      b_2=p.add(layer.linear2.bias))
             per_layer.append([f[name] for name in layer_fields])
-        g["w_head"] = w.add(_panels(m.head.weight, panel))
+        g["w_head"] = w.add(pack(m.head.weight))
         g["lnf_w"], g["lnf_b"] = p.add(m.ln_f.weight), p.add(m.ln_f.bias)
         g["b_head"] = p.add(m.head.bias)
         self.weights, self.params = w.tensor(), p.tensor()
         self._fields, self._base, self._per_layer = fields, g, [v for row in per_layer for v in row]
+
+    @property
+    def arithmetic(self) -> str:
+        """What the matmuls run in, in words (describe_backends)."""
+        if self.bf16_dot:
+            return "bf16 dot products (vdpbf16ps), fp32 accumulation"
+        if self.weight_dtype == torch.float32:
+            return "fp32"
+        return f"{'bf16' if self.weight_dtype == torch.bfloat16 else 'fp16'} weights, fp32 arithmetic"
 
     # ----------------------------------------------------------------------- per call
     def _terms(self, cond: Optional[torch.Tensor], timesteps: torch.Tensor, batch: int):
