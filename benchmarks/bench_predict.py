@@ -14,10 +14,11 @@ Rows:
                       (e.g. extracted with `git show HEAD:<path>` from a clone of real-stanford/diffusion_policy).
                       It shows that the reference is no slower than the original on the machine at hand.
   cpu_fp32 / cpu_bf16 / cpu_fp16   backend "cpu": the whole loop in one C++ op (dp_fast/sampling/cpu.py),
-                      weights in 32 / 16 bits; cpu_bf16 runs bf16 dot products (vdpbf16ps, fp32
-                      accumulation) on a CPU with AVX512_BF16, else bf16 weights in fp32 arithmetic
-  cpu_bf16_widen      bf16 weights widened to fp32 as they are read (DP_FAST_SAMPLER_BF16=widen): the
-                      16-bit mode of CPUs without AVX512_BF16, as a row beside the dot products
+                      weights in 32 / 16 bits; cpu_bf16 runs the CPU's fastest bf16 arithmetic (AMX tiles,
+                      else vdpbf16ps dot products, else bf16 weights in fp32; the encoder's convolutions in
+                      bf16 where oneDNN has native bf16)
+  cpu_bf16_dot / cpu_bf16_widen   the loop forced to vdpbf16ps / to bf16 weights widened to fp32
+                      (DP_FAST_SAMPLER_BF16=dot / widen), rows beside the fastest one
   cuda_graph_fp32 / _bf16 / triton_fp32   CUDA rows (captured K-step loop); capture time in extra_info
   torch_compile, onnxruntime_loop / _graph, openvino_loop / _graph   the peers a user would pick instead
                       (benchmarks/peers.py: torch.compile of the reference denoiser; the ONNX export in
@@ -40,6 +41,8 @@ import pytest
 import torch
 
 from dp_fast import DiffusionPolicy, PolicyConfig, SchedulerConfig, available_backends
+
+from dp_fast.sampling.cpu import bf16_mode as cpu_bf16_mode
 
 from benchmarks._common import devices, pedantic
 from benchmarks.peers import peer_rows
@@ -129,6 +132,10 @@ def _fast_row(backend: str, precision: str, devices=("cpu", "cuda"), bf16_mode: 
         p = DiffusionPolicy(policy.config, backend=backend, precision=precision)
         p.load_state_dict(policy.state_dict())
         p = p.to(policy.device).eval()
+        if bf16_mode not in (None, "auto"):
+            best = cpu_bf16_mode()
+            if ["amx", "dot", "widen"].index(bf16_mode) < ["amx", "dot", "widen"].index(best):
+                pytest.skip(f"bf16 arithmetic {bf16_mode!r} needs a CPU feature this one lacks (best: {best!r})")
         if bf16_mode is not None:  # the cpu sampler reads it when it packs the weights: pack now
             saved = os.environ.get("DP_FAST_SAMPLER_BF16")
             os.environ["DP_FAST_SAMPLER_BF16"] = bf16_mode
@@ -151,6 +158,7 @@ ROW_FACTORIES: Dict[str, Callable] = {
     "original_denoiser": _original_row,
     "cpu_fp32": _fast_row("cpu", "fp32", ("cpu",)),
     "cpu_bf16": _fast_row("cpu", "bf16", ("cpu",), "auto"),
+    "cpu_bf16_dot": _fast_row("cpu", "bf16", ("cpu",), "dot"),
     "cpu_bf16_widen": _fast_row("cpu", "bf16", ("cpu",), "widen"),
     "cpu_fp16": _fast_row("cpu", "fp16", ("cpu",)),
     "cuda_graph_fp32": _fast_row("cuda", "fp32", ("cuda",)),

@@ -12,6 +12,12 @@
 #include <string>
 #include <vector>
 
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "ddpm_step.h"
 
 namespace dp_fast {
@@ -79,9 +85,32 @@ std::string sampler_isa() {
   return has512 ? "avx512" : has2 ? "avx2" : "generic";
 }
 
-// Whether the loop can run bf16 dot products (kWBf16Pairs) here: the AVX-512 copy runs and the CPU has
-// AVX512_BF16. Without it, precision="bf16" packs plain bf16 weights (fp32 arithmetic; dp_fast/sampling/cpu.py).
-bool sampler_bf16_dot() { return sampler_isa() == "avx512" && cpu_has_avx512_bf16(); }
+// AMX-BF16 and AMX-TILE (CPUID leaf 7, EDX bits 22 and 24), and the kernel's permission for this process
+// to use the tile state (Linux arch_prctl ARCH_REQ_XCOMP_PERM; asked once; without it a tile instruction
+// faults).
+bool cpu_has_amx_bf16() {
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+  static const bool ok = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    if (!((edx >> 22) & 1u) || !((edx >> 24) & 1u)) return false;
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok && cpu_has_avx512();
+#else
+  return false;
+#endif
+}
+
+// The bf16 arithmetic the loop can run here, fastest first: "amx" (kWBf16Tiles), "dot" (vdpbf16ps,
+// kWBf16Pairs), both in the AVX-512 copy only, or "widen" (bf16 weights in fp32 arithmetic). Without
+// either, precision="bf16" packs plain bf16 weights (dp_fast/sampling/cpu.py).
+std::string sampler_bf16_mode() {
+  if (sampler_isa() != "avx512") return "widen";
+  if (cpu_has_amx_bf16() && cpu_has_avx512_bf16()) return "amx";
+  return cpu_has_avx512_bf16() ? "dot" : "widen";
+}
 
 // Lanes for this call (see sampler_cpu.h, Threading). Tensor-parallel lanes meet at 2 barriers per
 // layer, so each lane's share of a layer must dwarf a barrier (~a few us); batch lanes fork once per
@@ -143,17 +172,21 @@ at::Tensor sampler_loop_cpu(const at::Tensor& sample, const at::Tensor& noise, c
   }
   check_f32(table, "table", {a.K, kDdpmTableCols});
 
-  const bool pairs = a.wdtype == kWBf16Pairs;
+  const bool pairs = a.wdtype == kWBf16Pairs, tiles = a.wdtype == kWBf16Tiles;
   const at::ScalarType wt =
-      a.wdtype == kWBFloat16 || pairs ? at::kBFloat16 : a.wdtype == kWHalf ? at::kHalf : at::kFloat;
-  TORCH_CHECK(a.wdtype >= 0 && a.wdtype <= 3, kOp,
-              "layout wdtype must be 0 (fp32), 1 (bf16), 2 (fp16) or 3 (bf16 K-pairs), got ", a.wdtype);
-  TORCH_CHECK(!pairs || sampler_bf16_dot(), kOp, "wdtype 3 (bf16 dot products) needs the AVX-512 loop on a CPU ",
+      a.wdtype == kWBFloat16 || pairs || tiles ? at::kBFloat16 : a.wdtype == kWHalf ? at::kHalf : at::kFloat;
+  TORCH_CHECK(a.wdtype >= 0 && a.wdtype <= 4, kOp,
+              "layout wdtype must be 0 (fp32), 1 (bf16), 2 (fp16), 3 (bf16 K-pairs) or 4 (bf16 tiles), got ",
+              a.wdtype);
+  const std::string mode = sampler_bf16_mode();
+  TORCH_CHECK(!pairs || mode != "widen", kOp, "wdtype 3 (bf16 dot products) needs the AVX-512 loop on a CPU ",
               "with AVX512_BF16; this one runs the ", sampler_isa(), " copy",
               cpu_has_avx512_bf16() ? "" : " and has no AVX512_BF16");
-  TORCH_CHECK(!pairs || (a.E % 2 == 0 && (a.E / a.H) % 2 == 0 && a.F % 2 == 0), kOp,
-              "wdtype 3 (bf16 K-pairs) needs an even width, head size and FFN width, got E=", a.E, " H=", a.H,
-              " F=", a.F);
+  TORCH_CHECK(!tiles || mode == "amx", kOp, "wdtype 4 (bf16 AMX tiles) needs the AVX-512 loop on a CPU with ",
+              "AMX-BF16 whose kernel grants the tile state; here the best bf16 mode is '", mode, "'");
+  TORCH_CHECK(!(pairs || tiles) || (a.E % 2 == 0 && (a.E / a.H) % 2 == 0 && a.F % 2 == 0), kOp,
+              "wdtype ", a.wdtype, " (bf16 K-pairs) needs an even width, head size and FFN width, got E=", a.E,
+              " H=", a.H, " F=", a.F);
   TORCH_CHECK(weights.device().is_cpu() && weights.scalar_type() == wt && weights.dim() == 1 && weights.is_contiguous(),
               kOp, "`weights` must be a contiguous 1-d CPU ", wt, " tensor, got ", weights.scalar_type(), " ",
               weights.sizes());
@@ -166,7 +199,10 @@ at::Tensor sampler_loop_cpu(const at::Tensor& sample, const at::Tensor& noise, c
 
   // Every offset is bounds-checked here, so the loop itself never reads outside the blobs.
   auto wmat = [&](int64_t off, int64_t n, int64_t k, const char* name) -> const void* {
-    const int64_t need = (n + kPanel - 1) / kPanel * kPanel * (pairs ? (k + 1) / 2 * 2 : k);
+    const int64_t kal = tiles ? 32 : pairs ? 2 : 1;
+    // AMX tiles of a K-range may read up to 16 pair-rows past the weight (times zero inputs): the packer
+    // leaves that much after the last weight
+    const int64_t need = (n + kPanel - 1) / kPanel * kPanel * ((k + kal - 1) / kal * kal) + (tiles ? 32 * kPanel : 0);
     TORCH_CHECK(off >= 0 && off + need <= weights.numel(), kOp, "weight '", name, "' at ", off, " (", need,
                 " elements) is outside `weights` (", weights.numel(), ")");
     return wbase + off * welem;
@@ -266,7 +302,7 @@ at::Tensor sampler_loop_cpu(const at::Tensor& sample, const at::Tensor& noise, c
 TORCH_LIBRARY_FRAGMENT(dp_fast, m) {
   m.def("sampler_layout() -> str", &dp_fast::sampler::sampler_layout);
   m.def("sampler_isa() -> str", &dp_fast::sampler::sampler_isa);
-  m.def("sampler_bf16_dot() -> bool", &dp_fast::sampler::sampler_bf16_dot);
+  m.def("sampler_bf16_mode() -> str", &dp_fast::sampler::sampler_bf16_mode);
   m.def(
       "sampler_loop(Tensor sample, Tensor noise, Tensor noise_index, Tensor table, Tensor weights, Tensor params, "
       "int[] layout, Tensor[] terms, Tensor? inpaint_data, Tensor? inpaint_mask, float ln_eps) -> Tensor");

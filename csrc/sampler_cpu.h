@@ -60,7 +60,10 @@ enum LayerField : int { DP_FAST_SAMPLER_LAYER_FIELDS(DP_FAST_SAMPLER_ENUM) kLaye
 // kWBf16Pairs: bf16 weights packed in K-pairs (panel row kk holds, for each of its 32 columns j,
 // W[j, 2kk] then W[j, 2kk + 1]; odd K zero padded), for bf16 dot products: the loop rounds each matmul's
 // input rows to bf16 as well and accumulates in fp32 with vdpbf16ps. AVX-512 copy on AVX512_BF16 CPUs only.
-enum WeightDtype : int { kWFloat = 0, kWBFloat16 = 1, kWHalf = 2, kWBf16Pairs = 3 };
+// kWBf16Tiles: the same K-pair panels with K padded to a multiple of 32 (zero rows), for AMX: the loop
+// rounds the input rows to bf16 and multiplies 16-row x 32-K tiles with tdpbf16ps (fp32 accumulation).
+// AVX-512 copy on CPUs with AMX-BF16 whose kernel grants the tile state.
+enum WeightDtype : int { kWFloat = 0, kWBFloat16 = 1, kWHalf = 2, kWBf16Pairs = 3, kWBf16Tiles = 4 };
 
 // Everything the loop reads, resolved to pointers (built and validated by sampler_cpu.cpp).
 struct LayerPtrs {
@@ -121,7 +124,10 @@ inline WorkspaceLayout workspace_layout(const LoopArgs& a) {
   w.f1 = take(R * a.F);
   w.out = take(R * a.D);
   w.emb = take(a.B * a.T * a.E);
-  w.apack = take(R * widest);
+  // A packed for the register blocks (R x widest fp32), or as bf16 for AMX: rows padded to 16, K to 32,
+  // then 2 x 16 x 16 fp32 for the C tiles
+  const int64_t tiles = ((R + 15) / 16 * 16) * ((widest + 31) / 32 * 32) / 2 + 16 + 512;
+  w.apack = take(R * widest > tiles ? R * widest : tiles);
   // attention scores (self: P + T, cross: S), then E cross-attention accumulators
   w.scores = up((a.P + a.T) > S ? (a.P + a.T) : S);
   w.scratch = take(w.scores + up(a.E));

@@ -20,7 +20,7 @@ from .backends import ENCODERS, SAMPLERS, Resolution, op_backends, policy_backen
 from .config import PolicyConfig
 from .models.transformer import TransformerForDiffusion
 from .models.vision import ObsEncoder
-from .models.vision_onednn import OnednnEncoder
+from .models.vision_onednn import OnednnEncoder, native_bf16
 from .normalizer import LinearNormalizer, image_range_field
 from .ops import add_noise
 from .policy_file import write_policy_file
@@ -199,12 +199,17 @@ class DiffusionPolicy(nn.Module):
         res = self.resolution
         crop_backend = res.ops["random_crop"]
         if res.encoder == "onednn" and not torch.is_grad_enabled():
-            if self._onednn is None or self._onednn.encoder is not self.obs_encoder:
-                self._onednn = OnednnEncoder(self.obs_encoder)
+            dtype = self._encoder_dtype()
+            if self._onednn is None or self._onednn.encoder is not self.obs_encoder or self._onednn.dtype != dtype:
+                self._onednn = OnednnEncoder(self.obs_encoder, dtype)
             feats = self._onednn.run(nobs, generator, crop_backend)
         else:
             feats = self.obs_encoder(nobs, generator=generator, crop_backend=crop_backend)
         return feats.reshape(batch, self.n_obs_steps, -1)
+
+    def _encoder_dtype(self) -> torch.dtype:
+        """The oneDNN encoder's convolution dtype: bf16 for precision="bf16" where oneDNN has native bf16."""
+        return torch.bfloat16 if self.precision == "bf16" and native_bf16() else torch.float32
 
     @torch.no_grad()
     def predict_action(self, obs: Mapping[str, torch.Tensor], noise: Optional[torch.Tensor] = None,
@@ -229,10 +234,12 @@ class DiffusionPolicy(nn.Module):
 
         fp32 gives the reference's actions. bf16 / fp16 apply to the fast samplers only: on the `cpu`
         backend the matmul weights are stored in 16 bits (half the bytes per step); with bf16 on a CPU with
-        AVX512_BF16 the matmuls multiply bf16 inputs with fp32 accumulation (vdpbf16ps), elsewhere activations
-        and accumulation stay fp32 (describe_backends()["sampler_impl"] says which); LayerNorm, softmax and
-        the scheduler step are fp32 in every mode; on CUDA (`cuda` / `triton`) the denoiser runs in
-        that dtype (tensor cores), the scheduler step in fp32. The observation encoder always runs in
+        AMX-BF16 or AVX512_BF16 the matmuls multiply bf16 inputs with fp32 accumulation (AMX tiles /
+        vdpbf16ps), elsewhere activations and accumulation stay fp32 (describe_backends()["sampler_impl"]
+        says which); LayerNorm, softmax and
+        the scheduler step are fp32 in every mode; with bf16 on such a CPU the oneDNN encoder's convolutions
+        run in bf16 too (fp32 between them); on CUDA (`cuda` / `triton`) the denoiser runs in
+        that dtype (tensor cores), the scheduler step in fp32. Otherwise the observation encoder runs in
         fp32. The `reference` backend is the fp32 ground truth and rejects the others.
         """
         name = check_precision(precision)
@@ -276,6 +283,8 @@ class DiffusionPolicy(nn.Module):
         res = self.resolution
         out = {"backend": res.backend, "device": str(res.device), "precision": self.precision, "sampler": res.sampler,
                "sampler_impl": SAMPLERS[res.sampler], "obs_encoder": f"{res.encoder}: {ENCODERS[res.encoder]}"}
+        if res.encoder == "onednn":
+            out["obs_encoder"] += " [bf16 convolutions]" if self._encoder_dtype() == torch.bfloat16 else " [fp32]"
         if res.sampler == "cpu":
             out["sampler_impl"] += f" [{isa()}, {self.sampler.arithmetic}]"
         out.update(res.ops)

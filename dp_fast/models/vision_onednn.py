@@ -10,6 +10,12 @@ dp_fast::group_norm_act, csrc/group_norm_act.cpp); max-pool, the spatial softmax
 reference's PyTorch ops. Same math as VisualCore.forward (features within 1e-4 of it: tests/test_vision_onednn.py),
 for inference only (no autograd).
 
+bf16 (the policy's precision="bf16" on a CPU where oneDNN has native bf16, i.e. AVX512_BF16 / AMX): the
+packed weights and each convolution's input are bf16 and oneDNN returns the output rounded to bf16,
+accumulating in fp32; the activations between the convolutions, GroupNorm, the residual adds, the pool,
+the spatial softmax and the linear stay fp32. Held to a plain-PyTorch emulation of that arithmetic
+(tests/test_vision_onednn.py).
+
 Used by DiffusionPolicy.encode_obs when the resolution's encoder is "onednn" (dp_fast.backends) and grad
 is off; rebuilt when the encoder's weights change (see OnednnEncoder.run).
 """
@@ -24,11 +30,18 @@ from .. import _ext
 from .vision import BasicBlock, ObsEncoder, VisualCore
 
 
+def native_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions natively on this CPU (AVX512_BF16 / AMX); elsewhere they would be
+    emulated and slower than fp32, so precision="bf16" keeps the encoder in fp32 there."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 class _PackedCore:
     """One VisualCore with its convolutions' weights packed for inputs of batch N."""
 
-    def __init__(self, core: VisualCore, n: int, hw: Tuple[int, int], channels: int):
-        self.core = core
+    def __init__(self, core: VisualCore, n: int, hw: Tuple[int, int], channels: int,
+                 dtype: torch.dtype = torch.float32):
+        self.core, self.dtype = core, dtype
         self.packed: Dict[nn.Conv2d, torch.Tensor] = {}
         sizes: Dict[nn.Conv2d, List[int]] = {}
         convs = [m for m in core.backbone.modules() if isinstance(m, nn.Conv2d)]
@@ -41,11 +54,13 @@ class _PackedCore:
                 h.remove()
         for c in convs:
             self.packed[c] = torch.ops.mkldnn._reorder_convolution_weight(
-                c.weight.detach(), list(c.padding), list(c.stride), list(c.dilation), c.groups, sizes[c])
+                c.weight.detach().to(dtype), list(c.padding), list(c.stride), list(c.dilation), c.groups, sizes[c])
+        self.bias = {c: None if c.bias is None else c.bias.detach().to(dtype) for c in convs}
 
     def conv(self, c: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._convolution_pointwise(x, self.packed[c], c.bias, list(c.padding), list(c.stride),
-                                                       list(c.dilation), c.groups, "none", [], "")
+        out = torch.ops.mkldnn._convolution_pointwise(x.to(self.dtype), self.packed[c], self.bias[c], list(c.padding),
+                                                      list(c.stride), list(c.dilation), c.groups, "none", [], "")
+        return out.float()
 
     @staticmethod
     def norm(gn: nn.GroupNorm, x: torch.Tensor, residual=None, relu: bool = True) -> torch.Tensor:
@@ -72,9 +87,15 @@ class _PackedCore:
 class OnednnEncoder:
     """Packs an ObsEncoder's VisualCores per (camera, batch size); `run` is ObsEncoder.forward on them."""
 
-    def __init__(self, encoder: ObsEncoder):
+    def __init__(self, encoder: ObsEncoder, dtype: torch.dtype = torch.float32):
+        """dtype: of the convolutions' weights and inputs, torch.float32 (the reference's features within
+        1e-4) or torch.bfloat16 (needs `native_bf16()`)."""
         _ext.require()  # dp_fast::group_norm_act
-        self.encoder = encoder
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"the oneDNN encoder runs float32 or bfloat16 convolutions, got {dtype}")
+        if dtype == torch.bfloat16 and not native_bf16():
+            raise ValueError("bf16 convolutions need a CPU with native bf16 in oneDNN (AVX512_BF16 / AMX)")
+        self.encoder, self.dtype = encoder, dtype
         self._packed: Dict[Tuple[str, int, Tuple[int, int]], _PackedCore] = {}
         self._key = None
 
@@ -84,7 +105,8 @@ class OnednnEncoder:
     def _core(self, key: str, x: torch.Tensor) -> torch.Tensor:
         k = (key, x.shape[0], tuple(x.shape[2:]))
         if k not in self._packed:
-            self._packed[k] = _PackedCore(self.encoder.obs_nets[key], x.shape[0], tuple(x.shape[2:]), x.shape[1])
+            self._packed[k] = _PackedCore(self.encoder.obs_nets[key], x.shape[0], tuple(x.shape[2:]), x.shape[1],
+                                          self.dtype)
         return self._packed[k](x)
 
     def run(self, obs, generator=None, crop_backend=None) -> torch.Tensor:

@@ -37,9 +37,9 @@ def check_precision(precision) -> str:
 def make_sampler(kind: str, model: TransformerForDiffusion, precision: str = "fp32", step_backend: str = "reference"):
     """The sampler of `kind` for `model` (rebuild it after the weights change: fast samplers pack them).
 
-    precision: "fp32", or "bf16" / "fp16" for the fast samplers (cpu: 16-bit weights, and for bf16 on a
-    CPU with AVX512_BF16 bf16 dot products with fp32 accumulation, else fp32 arithmetic; GPU: the denoiser
-    in that dtype). step_backend: the ddpm_step op's backend for the graph loop.
+    precision: "fp32", or "bf16" / "fp16" for the fast samplers (cpu: 16-bit weights, and for bf16 the
+    CPU's fastest bf16 arithmetic, AMX tiles or vdpbf16ps with fp32 accumulation, else fp32 arithmetic;
+    GPU: the denoiser in that dtype). step_backend: the ddpm_step op's backend for the graph loop.
     """
     dtype = PRECISIONS[check_precision(precision)]
     if kind == "reference":

@@ -7,11 +7,13 @@ weights and position embeddings in a second fp32 blob), builds the per-call cond
 terms are cached per model for all K timesteps) and calls the op.
 
 Precision: `weight_dtype` bf16 / fp16 stores the matmul weights in 16 bits (half the bytes streamed per
-step). On a CPU with AVX512_BF16 (`has_bf16_dot()`), bf16 also rounds each matmul's input rows to bf16 and
-multiplies with vdpbf16ps (two bf16 products per fp32 lane and instruction, fp32 accumulation): twice the
-multiply-adds per instruction of fp32. Elsewhere (and with `bf16_dot=False`) bf16 / fp16 weights are
-widened to fp32 as they are read. LayerNorm, softmax, the cross-attention with the condition, the
-residual stream and the scheduler step stay fp32 in every mode.
+step). bf16 runs in one of three arithmetics (`bf16_mode()` says the fastest this CPU has):
+  "amx"    (AMX-BF16): each matmul's input rows rounded to bf16, 16 x 32 tiles multiplied with tdpbf16ps,
+           fp32 accumulation;
+  "dot"    (AVX512_BF16): the same rounding, vdpbf16ps (two bf16 products per fp32 lane), fp32 accumulation;
+  "widen"  bf16 weights widened to fp32 as they are read, fp32 arithmetic (fp16 always runs so).
+LayerNorm, softmax, the cross-attention with the condition, the residual stream and the scheduler step stay
+fp32 in every mode.
 
 Every mode of the reference runs here: decoder with MLP or TransformerEncoder condition encoder,
 with or without observation tokens / causal masks, encoder-only (time_as_cond=False), inpainting
@@ -31,7 +33,8 @@ from .denoiser import FastDenoiser
 from .noise import draw_noise
 
 WEIGHT_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-WDTYPE_BF16_PAIRS = 3  # bf16 weights in K-pairs for bf16 dot products (csrc/sampler_cpu.h)
+BF16_MODES = {"amx": 4, "dot": 3, "widen": 1}  # -> layout wdtype (csrc/sampler_cpu.h): tiles, K-pairs, plain
+_BF16_ORDER = ["amx", "dot", "widen"]
 
 
 def isa() -> str:
@@ -40,16 +43,17 @@ def isa() -> str:
     return torch.ops.dp_fast.sampler_isa()
 
 
-def has_bf16_dot() -> bool:
-    """Whether precision="bf16" runs bf16 dot products here (the AVX-512 loop on a CPU with AVX512_BF16)."""
-    return bool(torch.ops.dp_fast.sampler_bf16_dot())
+def bf16_mode() -> str:
+    """The fastest bf16 arithmetic of the loop here: "amx" (AMX-BF16), "dot" (AVX512_BF16) or "widen"."""
+    _ext.require()
+    return str(torch.ops.dp_fast.sampler_bf16_mode())
 
 
-def _bf16_mode_from_env() -> Optional[bool]:
+def _bf16_mode_from_env() -> Optional[str]:
     mode = os.environ.get("DP_FAST_SAMPLER_BF16", "")
-    if mode not in ("", "auto", "dot", "widen"):
-        raise ValueError(f"DP_FAST_SAMPLER_BF16 must be unset, 'auto', 'dot' or 'widen', got {mode!r}")
-    return {"dot": True, "widen": False}.get(mode)
+    if mode not in ("", "auto", *BF16_MODES):
+        raise ValueError(f"DP_FAST_SAMPLER_BF16 must be unset, 'auto', 'amx', 'dot' or 'widen', got {mode!r}")
+    return mode if mode in BF16_MODES else None
 
 
 def _layout_fields() -> Tuple[List[str], List[str], int, int]:
@@ -86,11 +90,11 @@ def _panels(w: torch.Tensor, panel: int) -> torch.Tensor:
     return padded.reshape(np_, panel, k).transpose(1, 2).contiguous().reshape(-1)
 
 
-def _pair_panels(w: torch.Tensor, panel: int) -> torch.Tensor:
+def _pair_panels(w: torch.Tensor, panel: int, k_align: int = 2) -> torch.Tensor:
     """Linear weight (N, K) -> ceil(N / panel) panels of K-pairs: panel row kk holds W[j, 2kk], W[j, 2kk + 1]
-    for its columns j (N and odd K zero padded), flattened."""
+    for its columns j (N zero padded, K zero padded to a multiple of k_align), flattened."""
     n, k = w.shape
-    np_, k2 = -(-n // panel), -(-k // 2)
+    np_, k2 = -(-n // panel), -(-k // k_align) * k_align // 2
     padded = w.new_zeros(np_ * panel, 2 * k2)
     padded[:n, :k] = w
     return padded.reshape(np_, panel, k2, 2).transpose(1, 2).contiguous().reshape(-1)
@@ -100,27 +104,29 @@ class CpuSampler:
     """A TransformerForDiffusion packed for dp_fast::sampler_loop. Rebuild it after the weights change."""
 
     def __init__(self, model: TransformerForDiffusion, weight_dtype: torch.dtype = torch.float32,
-                 bf16_dot: Optional[bool] = None):
-        """bf16_dot (bf16 weights only): bf16 dot products (True; needs `has_bf16_dot()`), bf16 weights widened
-        to fp32 (False), or None: $DP_FAST_SAMPLER_BF16 ("dot" / "widen") if set, else dot products where
-        the CPU has them."""
+                 bf16: Optional[str] = None):
+        """bf16 (bf16 weights only): "amx", "dot" or "widen" (see the module docstring; each needs its CPU
+        feature), or None: $DP_FAST_SAMPLER_BF16 if set, else the fastest this CPU has (`bf16_mode()`)."""
         _ext.require()
-        if bf16_dot is None:
-            bf16_dot = _bf16_mode_from_env()
+        asked = bf16 if bf16 is not None else _bf16_mode_from_env()
         if weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight_dtype must be one of {list(WEIGHT_DTYPES)}, got {weight_dtype}")
-        if bf16_dot and weight_dtype != torch.bfloat16:
-            raise ValueError(f"bf16_dot=True needs weight_dtype=torch.bfloat16, got {weight_dtype}")
-        if bf16_dot and not has_bf16_dot():
-            raise ValueError(f"bf16_dot=True needs the AVX-512 loop on a CPU with AVX512_BF16; this one runs "
-                             f"the {isa()} copy without it")
+        if asked is not None and asked not in BF16_MODES:
+            raise ValueError(f"bf16 must be one of {list(BF16_MODES)} or None, got {asked!r}")
+        if asked not in (None, "widen") and weight_dtype != torch.bfloat16:
+            raise ValueError(f"bf16={asked!r} needs weight_dtype=torch.bfloat16, got {weight_dtype}")
+        best = bf16_mode()
+        if asked is not None and _BF16_ORDER.index(asked) < _BF16_ORDER.index(best):
+            need = "AMX-BF16 (and the kernel's tile permission)" if asked == "amx" else "AVX512_BF16"
+            raise ValueError(f"bf16={asked!r} needs the AVX-512 loop on a CPU with {need}; here the {isa()} "
+                             f"copy runs and the best bf16 mode is {best!r}")
         if model.head.weight.device.type != "cpu" or model.head.weight.dtype != torch.float32:
             raise ValueError(f"the cpu sampler needs a float32 model on the CPU, got {model.head.weight.dtype} on "
                              f"{model.head.weight.device}")
         self.model = model
         self.weight_dtype = weight_dtype
-        self.bf16_dot = weight_dtype == torch.bfloat16 and (has_bf16_dot() if bf16_dot is None else bf16_dot)
-        self._dot_asked = bool(bf16_dot)
+        self.bf16 = (asked or best) if weight_dtype == torch.bfloat16 else None
+        self._bf16_asked = asked
         self.encoder_only = model.encoder_only
         self.den = None if self.encoder_only else FastDenoiser(model, torch.float32)
         self._check_masks()
@@ -153,15 +159,18 @@ class CpuSampler:
              "F": layers[0].linear1.out_features, "P": 1 if self.encoder_only else 0,
              "has_ca": 0 if self.encoder_only else 1, "causal": int(m.mask is not None),
              "mem_mask": int(m.memory_mask is not None), "D": m.input_emb.in_features,
-             "wdtype": WDTYPE_BF16_PAIRS if self.bf16_dot else WEIGHT_DTYPES[self.weight_dtype]}
-        if self.bf16_dot and (e % 2 or (e // g["H"]) % 2 or g["F"] % 2):
-            if not self._dot_asked:  # automatic choice: this model runs bf16 weights in fp32
-                self.bf16_dot = False
-                g["wdtype"] = WEIGHT_DTYPES[self.weight_dtype]
-        if self.bf16_dot and (e % 2 or (e // g["H"]) % 2 or g["F"] % 2):
-            raise ValueError(f"bf16 dot products need an even width, head size and FFN width, got n_emb={e}, "
-                             f"n_head={g['H']}, FFN {g['F']} (bf16_dot=False runs bf16 weights in fp32)")
-        pack = (lambda t: _pair_panels(t, panel)) if self.bf16_dot else (lambda t: _panels(t, panel))
+             "wdtype": WEIGHT_DTYPES[self.weight_dtype]}
+        odd = e % 2 or (e // g["H"]) % 2 or g["F"] % 2
+        if self.bf16 in ("amx", "dot") and odd:
+            if self._bf16_asked is not None:
+                raise ValueError(f"bf16={self.bf16!r} needs an even width, head size and FFN width, got n_emb={e}, "
+                                 f"n_head={g['H']}, FFN {g['F']} (bf16='widen' runs bf16 weights in fp32)")
+            self.bf16 = "widen"  # automatic choice: this model runs bf16 weights in fp32
+        pack = lambda t: _panels(t, panel)
+        if self.bf16 in ("amx", "dot"):
+            g["wdtype"] = BF16_MODES[self.bf16]
+            k_align = 32 if self.bf16 == "amx" else 2
+            pack = lambda t: _pair_panels(t, panel, k_align)
         if m.head.out_features != g["D"]:
             raise ValueError("the cpu sampler needs input_dim == output_dim (a denoiser)")
         # Packed in the order the loop reads them: input embedding, layer by layer, head.
@@ -190,13 +199,17 @@ class CpuSampler:
         g["w_head"] = w.add(pack(m.head.weight))
         g["lnf_w"], g["lnf_b"] = p.add(m.ln_f.weight), p.add(m.ln_f.bias)
         g["b_head"] = p.add(m.head.bias)
+        if self.bf16 == "amx":  # AMX tiles of a K-range may read 16 pair-rows past a weight (times zeros)
+            w.add(torch.zeros(16 * 2 * panel))
         self.weights, self.params = w.tensor(), p.tensor()
         self._fields, self._base, self._per_layer = fields, g, [v for row in per_layer for v in row]
 
     @property
     def arithmetic(self) -> str:
         """What the matmuls run in, in words (describe_backends)."""
-        if self.bf16_dot:
+        if self.bf16 == "amx":
+            return "bf16 AMX tiles (tdpbf16ps), fp32 accumulation"
+        if self.bf16 == "dot":
             return "bf16 dot products (vdpbf16ps), fp32 accumulation"
         if self.weight_dtype == torch.float32:
             return "fp32"
