@@ -42,7 +42,7 @@ import torch
 
 from dp_fast import DiffusionPolicy, PolicyConfig, SchedulerConfig, available_backends
 
-from dp_fast.sampling.cpu import bf16_mode as cpu_bf16_mode
+from dp_fast.sampling.cpu import BF16_MODES, bf16_mode as cpu_bf16_mode
 
 from benchmarks._common import devices, pedantic
 from benchmarks.peers import peer_rows
@@ -134,7 +134,7 @@ def _fast_row(backend: str, precision: str, devices=("cpu", "cuda"), bf16_mode: 
         p = p.to(policy.device).eval()
         if bf16_mode not in (None, "auto"):
             best = cpu_bf16_mode()
-            if ["amx", "dot", "widen"].index(bf16_mode) < ["amx", "dot", "widen"].index(best):
+            if list(BF16_MODES).index(bf16_mode) < list(BF16_MODES).index(best):
                 pytest.skip(f"bf16 arithmetic {bf16_mode!r} needs a CPU feature this one lacks (best: {best!r})")
         if bf16_mode is not None:  # the cpu sampler reads it when it packs the weights: pack now
             saved = os.environ.get("DP_FAST_SAMPLER_BF16")

@@ -12,7 +12,7 @@
 //   noise_index  (K,) int64
 //   table        (K, 10) fp32       NoiseScheduler.step_table(K): row i drives iteration i
 //   weights      1-d, fp32 / bf16 / fp16: every matmul weight, packed as panels (see below; bf16 also in
-//                K-pairs for bf16 dot products, kWBf16Pairs)
+//                K-pairs for vdpbf16ps or AMX tiles, kWBf16Pairs / kWBf16Tiles)
 //   params       1-d fp32: biases, LayerNorm weights, position embeddings
 //   layout       int[]: the fields of kLayoutFields then kLayerFields per layer (offsets into the
 //                two blobs); dp_fast/sampling/cpu.py builds it from sampler_layout()

@@ -232,15 +232,14 @@ class DiffusionPolicy(nn.Module):
     def set_precision(self, precision) -> None:
         """Inference precision of the denoiser: "fp32" (default), "bf16" or "fp16" (or torch dtypes).
 
-        fp32 gives the reference's actions. bf16 / fp16 apply to the fast samplers only: on the `cpu`
-        backend the matmul weights are stored in 16 bits (half the bytes per step); with bf16 on a CPU with
-        AMX-BF16 or AVX512_BF16 the matmuls multiply bf16 inputs with fp32 accumulation (AMX tiles /
-        vdpbf16ps), elsewhere activations and accumulation stay fp32 (describe_backends()["sampler_impl"]
-        says which); LayerNorm, softmax and
-        the scheduler step are fp32 in every mode; with bf16 on such a CPU the oneDNN encoder's convolutions
-        run in bf16 too (fp32 between them); on CUDA (`cuda` / `triton`) the denoiser runs in
-        that dtype (tensor cores), the scheduler step in fp32. Otherwise the observation encoder runs in
-        fp32. The `reference` backend is the fp32 ground truth and rejects the others.
+        fp32 gives the reference's actions. bf16 / fp16 apply to the fast samplers only.
+        `cpu` backend: the matmul weights are stored in 16 bits; with bf16 on a CPU with AMX-BF16 or
+        AVX512_BF16 the matmuls multiply bf16 inputs with fp32 accumulation (AMX tiles / vdpbf16ps) and
+        the oneDNN encoder's convolutions run in bf16 (fp32 between them), elsewhere the arithmetic stays
+        fp32 (describe_backends() says which); LayerNorm, softmax and the scheduler step are fp32 always.
+        CUDA (`cuda` / `triton`): the denoiser runs in that dtype (tensor cores), the scheduler step and
+        the observation encoder in fp32. The `reference` backend is the fp32 ground truth and rejects
+        the others.
         """
         name = check_precision(precision)
         if name != "fp32" and self.backend == "reference":

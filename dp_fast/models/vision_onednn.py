@@ -21,6 +21,7 @@ is off; rebuilt when the encoder's weights change (see OnednnEncoder.run).
 """
 from __future__ import annotations
 
+import functools
 from typing import Dict, List, Tuple
 
 import torch
@@ -30,6 +31,7 @@ from .. import _ext
 from .vision import BasicBlock, ObsEncoder, VisualCore
 
 
+@functools.lru_cache(maxsize=None)
 def native_bf16() -> bool:
     """Whether oneDNN runs bf16 convolutions natively on this CPU (AVX512_BF16 / AMX); elsewhere they would be
     emulated and slower than fp32, so precision="bf16" keeps the encoder in fp32 there."""

@@ -33,8 +33,8 @@ from .denoiser import FastDenoiser
 from .noise import draw_noise
 
 WEIGHT_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-BF16_MODES = {"amx": 4, "dot": 3, "widen": 1}  # -> layout wdtype (csrc/sampler_cpu.h): tiles, K-pairs, plain
-_BF16_ORDER = ["amx", "dot", "widen"]
+# bf16 arithmetic, fastest first -> layout wdtype (csrc/sampler_cpu.h): tiles, K-pairs, plain bf16
+BF16_MODES = {"amx": 4, "dot": 3, "widen": 1}
 
 
 def isa() -> str:
@@ -116,7 +116,8 @@ class CpuSampler:
         if asked not in (None, "widen") and weight_dtype != torch.bfloat16:
             raise ValueError(f"bf16={asked!r} needs weight_dtype=torch.bfloat16, got {weight_dtype}")
         best = bf16_mode()
-        if asked is not None and _BF16_ORDER.index(asked) < _BF16_ORDER.index(best):
+        order = list(BF16_MODES)
+        if asked is not None and order.index(asked) < order.index(best):
             need = "AMX-BF16 (and the kernel's tile permission)" if asked == "amx" else "AVX512_BF16"
             raise ValueError(f"bf16={asked!r} needs the AVX-512 loop on a CPU with {need}; here the {isa()} "
                              f"copy runs and the best bf16 mode is {best!r}")
