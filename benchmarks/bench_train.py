@@ -1,7 +1,9 @@
-"""One training step of the seed configuration (both cameras, 8 x 256 transformer) at batch 64:
-loss + backward + AdamW step + EMA update, in samples/s, plain PyTorch vs the fast options.
+"""One training step at batch 64: loss + backward + AdamW step + EMA update, in samples/s, plain PyTorch
+vs the fast options, for the seed configuration (both 84 px cameras, 8 x 256 transformer) and for the
+`cpu-can` preset (both cameras at 48 px, width-16 ResNets, 4 x 128 transformer, horizon 16: the step the
+seed-task CPU trainings run). Presets: DP_FAST_BENCH_TRAIN_PRESETS (default "seed,cpu-can").
 
-Rows (group train_step_seed_B64_<device>):
+Rows (group train_step_<preset>_B64_<device>):
   plain            compute_loss (fp32), torch.optim.AdamW defaults, EMA    -- the reference row
   fused_adamw      AdamW(fused=True)
   channels_last    the obs encoder in channels_last memory format
@@ -28,13 +30,17 @@ import pytest
 import torch
 
 from dp_fast import DiffusionPolicy, PolicyConfig
+from dp_fast.config import SEED_SHAPE_META
+from dp_fast.data.frames import with_image_size
+from dp_fast.train.config import build_config, policy_config_for
 from dp_fast.train.ema import EMAModel
 
 from benchmarks._common import gpu_only, pedantic
 
 BATCH = int(os.environ.get("DP_FAST_BENCH_TRAIN_BATCH", "64"))
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-GROUP = f"train_step_seed_B{BATCH}_{DEVICE.type}"
+PRESETS = [p for p in os.environ.get("DP_FAST_BENCH_TRAIN_PRESETS", "seed,cpu-can").split(",") if p]
+CPU_IMAGE_SIZE = 48  # what scripts/task.sh records for the CPU presets
 ROUNDS, WARMUP = (20, 5) if DEVICE.type == "cuda" else (2, 1)
 COMPILE_OK = os.environ.get("DP_FAST_BENCH_COMPILE") == "1"
 pytestmark = pytest.mark.skipif(gpu_only() and DEVICE.type != "cuda",
@@ -52,6 +58,16 @@ VARIANTS = {
 }
 
 
+def preset_config(preset: str) -> PolicyConfig:
+    """The policy a training with `--preset preset` builds (the seed's keys; CPU presets at 48 px)."""
+    if preset == "seed":
+        return PolicyConfig()
+    cfg = build_config(preset)
+    meta = {"obs": {k: SEED_SHAPE_META["obs"][k] for k in cfg.task.obs_keys},
+            "action": SEED_SHAPE_META["action"]}
+    return policy_config_for(cfg, with_image_size(meta, CPU_IMAGE_SIZE))
+
+
 def make_batch(cfg: PolicyConfig, b: int):
     g = torch.Generator().manual_seed(0)
     obs = {}
@@ -65,10 +81,10 @@ def make_batch(cfg: PolicyConfig, b: int):
     return {"obs": {k: v.to(DEVICE) for k, v in batch["obs"].items()}, "action": batch["action"].to(DEVICE)}
 
 
-def make_step(opts):
-    """A fresh seed-configuration policy + AdamW (the original's groups) + EMA; returns step(batch) -> loss."""
+def make_step(cfg: PolicyConfig, opts):
+    """A fresh policy + AdamW (the original's groups) + EMA; returns step(batch) -> loss."""
     torch.manual_seed(0)
-    policy = DiffusionPolicy(PolicyConfig()).to(DEVICE).train()
+    policy = DiffusionPolicy(cfg).to(DEVICE).train()
     if opts.get("channels_last"):
         policy.obs_encoder.to(memory_format=torch.channels_last)
     groups = policy.get_optim_groups(transformer_weight_decay=1e-3, obs_encoder_weight_decay=1e-6)
@@ -101,24 +117,28 @@ def _sync():
         torch.cuda.synchronize()
 
 
-@pytest.fixture(scope="module")
-def batch():
-    return make_batch(PolicyConfig(), BATCH)
+_CASES = {}
 
 
-@pytest.fixture(scope="module")
-def plain_loss(batch):
-    step = make_step({})
-    torch.manual_seed(1)
-    return float(step(batch))
+def preset_case(preset: str):
+    """(policy config, batch, the plain row's first loss) of a preset, built once."""
+    if preset not in _CASES:
+        cfg = preset_config(preset)
+        batch = make_batch(cfg, BATCH)
+        step = make_step(cfg, {})
+        torch.manual_seed(1)
+        _CASES[preset] = (cfg, batch, float(step(batch)))
+    return _CASES[preset]
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_train_step(benchmark, name, batch, plain_loss):
+@pytest.mark.parametrize("preset", PRESETS)
+def test_train_step(benchmark, preset, name):
     opts = VARIANTS[name]
     if opts.get("compile") and not COMPILE_OK:
         pytest.skip("torch.compile row: set DP_FAST_BENCH_COMPILE=1")
-    step = make_step(opts)
+    cfg, batch, plain_loss = preset_case(preset)
+    step = make_step(cfg, opts)
     torch.manual_seed(1)
     first = float(step(batch))  # same weights, RNG and batch as the plain row's first step
     tol = 5e-2 if opts.get("bf16") else 1e-4
@@ -131,7 +151,7 @@ def test_train_step(benchmark, name, batch, plain_loss):
         step(batch)
         _sync()
 
-    benchmark.group = GROUP
+    benchmark.group = f"train_step_{preset}_B{BATCH}_{DEVICE.type}"
     pedantic(benchmark, run, rounds=ROUNDS, iterations=1, cuda=DEVICE.type == "cuda")
     benchmark.extra_info["row"] = "reference" if name == "plain" else name  # plain PyTorch = the baseline row
     benchmark.extra_info["batch"] = BATCH

@@ -318,6 +318,20 @@ class SimEnv:
         r = self.env.robots[0]
         return np.array(self.env.sim.data.qpos[r._ref_gripper_joint_pos_indexes["right"]])
 
+    def object_pos(self) -> np.ndarray:
+        """Where the task's object is grasped, in the world frame: the cube's centre (lift), the can's
+        centre (can), the nut's handle site (square)."""
+        e = self.env
+        if self.task == "lift":
+            return self.body_pose(e.cube.root_body)[0]
+        if self.task == "can":
+            return self.body_pose(e.objects[e.object_id].root_body)[0]
+        if self.task == "square":
+            site = e.nuts[e.nut_id].important_sites["handle"]
+            return np.array(e.sim.data.site_xpos[e.sim.model.site_name2id(site)])
+        raise ValueError(f"object_pos: no grasp point known for task {self.task!r} "
+                         f"(known: lift, can, square)")
+
     def body_pose(self, body: str) -> tuple:
         """(pos (3,), rotation matrix (3, 3)) of a body in the world frame."""
         bid = self.env.sim.model.body_name2id(body)

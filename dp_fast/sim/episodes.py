@@ -25,7 +25,7 @@ VIDEO_MIN_SIZE = 128
 class RolloutPlan:
     obs_meta: Dict[str, Any]       # the policy's shape_meta["obs"]
     env_args: Dict[str, Any]       # what every worker builds its env from
-    episodes: List[Dict[str, Any]]  # {"index", "split", "demo" + "state" | "seed", "video"?}, in run order
+    episodes: List[Dict[str, Any]]  # {"index", "split", "demo" + "state" | "seed", "video"?, "trace"?}, in run order
     max_steps: int
 
     def worker_config(self, n_obs_steps: int, stop_on_success: bool) -> Dict[str, Any]:
@@ -38,7 +38,7 @@ class RolloutPlan:
 
 def plan_rollouts(policy, *, task: Optional[str], dataset, n_train: int, n_test: int, seed: int,
                   train_start_idx: int, cameras: Optional[Sequence[str]], video_dir, n_videos: int,
-                  max_steps: Optional[int]) -> RolloutPlan:
+                  max_steps: Optional[int], trace_dir=None) -> RolloutPlan:
     """Episodes, env_args and step limit of a run (see run_rollouts for the arguments)."""
     if n_train > 0 and dataset is None:
         raise ValueError("train episodes (n_train > 0) need a dataset for their initial states")
@@ -57,9 +57,11 @@ def plan_rollouts(policy, *, task: Optional[str], dataset, n_train: int, n_test:
     for i, ep in enumerate(episodes):
         k = counts[ep["split"]]
         counts[ep["split"]] += 1
+        tag = f"demo{ep['demo']}" if ep["split"] == "train" else f"seed{ep['seed']}"
         if video_dir is not None and k < n_videos:
-            tag = f"demo{ep['demo']}" if ep["split"] == "train" else f"seed{ep['seed']}"
             ep["video"] = str(Path(video_dir) / f"{ep['split']}_{k:03d}_{tag}.mp4")
+        if trace_dir is not None:
+            ep["trace"] = str(Path(trace_dir) / f"{ep['split']}_{k:03d}_{tag}.jsonl")
         ep["index"] = i
     check_obs_keys(meta, env_args)
     return RolloutPlan(obs_meta=meta, env_args=env_args, episodes=episodes, max_steps=limit)

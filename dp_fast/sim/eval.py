@@ -22,6 +22,7 @@ from .. import load_policy
 from ..atomic_file import atomic_write
 from .runner import run_rollouts
 from .tasks import TASKS
+from .trace import failure_modes, format_failure_modes
 from .video import still_path
 
 
@@ -38,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--video", default=None, metavar="DIR",
                         help="write mp4 videos of the first episodes here, each with a PNG still beside it")
     parser.add_argument("--n-videos", type=int, default=1, help="videos per split (with --video)")
+    parser.add_argument("--trace", default=None, metavar="DIR",
+                        help="write every episode's per-step trace here (hand, gripper, object, action; "
+                             "JSON lines) and print the failed episodes' failure modes")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="episode step limit (default: the task's, 400 for lift / can / square)")
     parser.add_argument("--backend", default=None, help="policy backend (reference, cpu, triton, cuda, auto)")
@@ -102,8 +106,14 @@ def run(args: argparse.Namespace) -> int:
                      n_envs=args.envs, max_steps=args.max_steps, video_dir=args.video, n_videos=args.n_videos,
                      seed=args.seed, train_start_idx=args.train_start, timeout_s=args.timeout,
                      control_hz=args.control_hz, async_inference=args.async_inference,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, trace_dir=args.trace)
+    if args.trace:
+        traced = [(path, ok) for split in ("train", "test")
+                  for path, ok in zip(m.get(f"{split}/traces", []), m.get(f"{split}/successes", []))]
+        m["failure_modes"] = failure_modes(traced)
     print(format_report(m))
+    if "failure_modes" in m:
+        print(format_failure_modes(m["failure_modes"]))
     if args.json:
         m = dict(m, policy=str(args.policy), device=str(device), backend=getattr(policy, "backend", None))
         with atomic_write(args.json) as tmp:

@@ -5,7 +5,7 @@ into the metrics dict run_rollouts returns:
 
     "<split>/mean_score", "/success_rate", "/success_ci95" (Wilson score interval), "/scores",
     "/successes", "/lengths", and "train/demos" or "test/seeds" (split = train, test; a split without
-    episodes is left out)
+    episodes is left out), "/traces" (the episodes' trace files, None where none was written) when traced
     "latency_ms_p50" / "_p90" / "_p99" / "_max" / "_mean" (per policy call), "n_policy_calls", "mean_batch"
     with a control rate: "control_hz", "async_inference", "deadline_misses" (calls whose chunk came late),
     "deadline_miss_ticks" (hold ticks they cost), "deadline_miss_rate", "n_chunk_requests"
@@ -55,10 +55,10 @@ class RolloutLog:
     def episode_done(self, ep: Mapping[str, Any], info: Optional[Mapping[str, Any]] = None,
                      error: Optional[str] = None) -> None:
         """Episode `ep` ended: normally (the worker's final `info`) or failed (`error`, score 0)."""
-        r = {"score": 0.0, "success": False, "steps": 0, "error": error, "video": None}
+        r = {"score": 0.0, "success": False, "steps": 0, "error": error, "video": None, "trace": None}
         if info is not None:
             r.update(score=float(info["reward"]), success=bool(info["success"]), steps=int(info["steps"]),
-                     video=info.get("video"))
+                     video=info.get("video"), trace=info.get("trace"))
             self.env_steps += int(info["steps"])
         if error is not None:
             where = {"demo": ep["demo"]} if "demo" in ep else {"seed": ep["seed"]}
@@ -99,6 +99,8 @@ class RolloutLog:
             m[f"{split}/scores"] = scores
             m[f"{split}/successes"] = [r["success"] for r in res]
             m[f"{split}/lengths"] = [r["steps"] for r in res]
+            if any(r["trace"] for r in res):
+                m[f"{split}/traces"] = [r["trace"] for r in res]
             key = "demos" if split == "train" else "seeds"
             m[f"{split}/{key}"] = [e["demo" if split == "train" else "seed"] for e in eps]
         lat = np.asarray(self.latencies, dtype=np.float64) * 1e3

@@ -46,7 +46,7 @@ def run_rollouts(policy, *, task: Optional[str] = None, dataset=None, n_train: i
                  seed: int = 100000, train_start_idx: int = 0, cameras: Optional[Sequence[str]] = None,
                  timeout_s: float = 60.0, control_hz: Optional[float] = None, async_inference: bool = False,
                  progress: bool = True, stop_on_success: bool = True, startup_timeout_s: float = 300.0,
-                 warmup: bool = True) -> Dict[str, Any]:
+                 warmup: bool = True, trace_dir=None) -> Dict[str, Any]:
     """Roll `policy` out; returns metrics (the keys are listed in `dp_fast.sim.metrics`).
 
     policy: a DiffusionPolicy or any object with `predict_action({key: (B, To, ...) tensor}) ->
@@ -56,6 +56,7 @@ def run_rollouts(policy, *, task: Optional[str] = None, dataset=None, n_train: i
     the envs are built from its env_args, and train episodes start from its demos' first states.
     cameras: cameras the envs render (default: those of the policy's rgb keys, plus `agentview` for
     videos). Videos: the first n_videos episodes of each split, `agentview` frames, in video_dir.
+    trace_dir: every episode's per-step trace (dp_fast.sim.trace) there, one JSON-lines file each.
     warmup: untimed policy calls on zero observations (each batch size up to n_envs) while the workers
     start, so that the latencies are those of a warm policy (their time is reported as "warmup_ms").
     Latency of a call: predict_action on the batch already on the policy's device, and the actions back
@@ -65,7 +66,7 @@ def run_rollouts(policy, *, task: Optional[str] = None, dataset=None, n_train: i
         raise ValueError("async_inference needs control_hz (the control rate that the policy runs against)")
     plan = plan_rollouts(policy, task=task, dataset=dataset, n_train=n_train, n_test=n_test, seed=seed,
                          train_start_idx=train_start_idx, cameras=cameras, video_dir=video_dir,
-                         n_videos=n_videos, max_steps=max_steps)
+                         n_videos=n_videos, max_steps=max_steps, trace_dir=trace_dir)
     device = getattr(policy, "device", torch.device("cpu"))
     t_start = time.perf_counter()
     log = RolloutLog(len(plan.episodes), progress)

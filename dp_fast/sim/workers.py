@@ -5,7 +5,8 @@ observation history the policy sees and the episode's counters. Commands and rep
 
     ("reset", episode)           -> ("obs", stacked obs, {"steps": 0, "done": False})
     ("step", (actions, want_obs)) -> ("obs" | "ack", stacked obs or None, {"steps", "done": False})
-                                  or ("done", None, {"steps", "done": True, "reward", "success", "video"})
+                                  or ("done", None, {"steps", "done": True, "reward", "success", "video",
+                                                     "trace"})
     ("close", None)              -> the process exits
     any command that raises      -> ("error", traceback)
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from .env import make_env, obs_to_policy
 from .threads import single_threaded_children
+from .trace import EpisodeTrace
 from .video import still_path, write_still, write_video
 
 
@@ -89,13 +91,19 @@ class EnvWorker:
         return obs[f"{self.cfg['video_camera']}_image"]
 
     def reset(self, ep: Mapping[str, Any]):
-        """Start episode `ep`: {"state": stored state} or {"seed": int}, and "video": path (optional)."""
+        """Start episode `ep`: {"state": stored state} or {"seed": int}, and "video" / "trace": paths
+        (optional)."""
         self.video = ep.get("video")
         # the video camera renders in recorded episodes only
         cams = self.policy_cams + ([self.cfg["video_camera"]] if self.video else [])
         self.env.set_cameras(bool(cams), list(dict.fromkeys(cams)))
         obs = self.env.reset_to(ep["state"]) if "state" in ep else self.env.reset(seed=int(ep["seed"]))
         self.frames = [self._frame(obs)] if self.video else []
+        self.trace = None
+        if ep.get("trace"):
+            header = {k: ep[k] for k in ("index", "split", "seed", "demo") if k in ep}
+            self.trace = EpisodeTrace(ep["trace"], header)
+            self.trace.record(0, self.env)
         self.hist = deque([self._policy_obs(obs)] * self.n_obs, maxlen=self.n_obs)
         self.steps, self.reward, self.success = 0, 0.0, False
         return ("obs", self._stacked(), {"steps": 0, "done": False})
@@ -111,13 +119,16 @@ class EnvWorker:
             self.hist.append(self._policy_obs(obs))
             if self.video:
                 self.frames.append(self._frame(obs))
+            if self.trace is not None:
+                self.trace.record(self.steps, self.env, a, r)
             done = self.steps >= self.max_steps or (self.cfg["stop_on_success"] and self.success)
             if done:
                 break
         info = {"steps": self.steps, "done": done}
         if not done:
             return ("obs" if want_obs else "ack", self._stacked() if want_obs else None, info)
-        info.update(reward=self.reward, success=self.success, video=None)
+        info.update(reward=self.reward, success=self.success, video=None,
+                    trace=self.trace.write() if self.trace is not None else None)
         if self.video:
             frames = np.stack(self.frames)
             info["video"] = write_video(self.video, frames, fps=self.fps)

@@ -123,3 +123,26 @@ def test_build_from_env_args_json(task):
             env2.close()
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("task", ["lift", "can", "square"])
+def test_object_pos_is_the_grasp_point(task):
+    """The object's position in robosuite's object-state sits at a task-dependent offset (lift:
+    cube_pos first; can / square: the object-to-eef pose first, then Can_pos / SquareNut_pos); the
+    square's grasp point is its handle, off the nut's centre along the nut's x axis."""
+    env = make_env(task, render=False, seed=1)
+    try:
+        obj = env.reset(seed=4)["object"]
+        pos = env.object_pos()
+        if task == "lift":
+            np.testing.assert_allclose(pos, obj[:3], atol=1e-6)
+        elif task == "can":
+            np.testing.assert_allclose(pos, obj[7:10], atol=1e-6)
+        else:
+            e = env.env
+            centre, rot = env.body_pose(e.nuts[e.nut_id].root_body)
+            np.testing.assert_allclose(centre, obj[7:10], atol=1e-6)
+            off = rot.T @ (pos - centre)          # the handle in the nut's frame
+            assert 0.04 < off[0] < 0.07 and abs(off[1]) < 1e-3, off
+    finally:
+        env.close()

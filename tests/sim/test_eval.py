@@ -30,7 +30,8 @@ def test_eval_cli(tiny_ckpt, tmp_path, capsys):
     out_json = tmp_path / "m.json"
     rc = cli_main(["eval", "--policy", str(tiny_ckpt), "--task", "lift", "--episodes", "2", "--envs", "2",
                    "--max-steps", "12", "--video", str(tmp_path / "vid"), "--backend", "reference",
-                   "--control-hz", "10", "--async", "--json", str(out_json), "--no-progress"])
+                   "--control-hz", "10", "--async", "--json", str(out_json), "--no-progress",
+                   "--trace", str(tmp_path / "traces")])
     assert rc == 0
     text = capsys.readouterr().out
     assert "test" in text and "0/2" in text and "p50" in text and "p99" in text and "deadline misses" in text
@@ -42,6 +43,12 @@ def test_eval_cli(tiny_ckpt, tmp_path, capsys):
     assert m["async_inference"] is True and m["deadline_misses"] >= 0
     assert len(m["video_paths"]) == 1 and f"video: {m['video_paths'][0]}" in text
     assert read_video(m["video_paths"][0]).shape == (13, 84, 84, 3)
+    # --trace: a trace per episode, the two failures classified in the JSON and the console
+    assert [p.rsplit("/", 1)[-1] for p in m["test/traces"]] == ["test_000_seed100000.jsonl",
+                                                                  "test_001_seed100001.jsonl"]
+    fm = m["failure_modes"]
+    assert len(fm["episodes"]) == 2 and sum(fm["counts"].values()) == 2
+    assert "failure modes of 2 failed episodes" in text
 
 
 def test_eval_cli_rejects_bad_flags(tiny_ckpt, capsys):

@@ -20,6 +20,7 @@ from dp_fast.sim.experts import down_rotation, gripper_yaw, nearest_equivalent, 
 from dp_fast.sim import workers  # noqa: E402
 from dp_fast.sim.episodes import VIDEO_MIN_SIZE, env_args_for  # noqa: E402
 from dp_fast.sim.runner import run_rollouts  # noqa: E402
+from dp_fast.sim.trace import failure_modes, read_trace  # noqa: E402
 from dp_fast.sim.video import read_video  # noqa: E402
 
 pytestmark = pytest.mark.sim
@@ -244,3 +245,33 @@ def test_write_video_and_fallback(tmp_path, monkeypatch):
     p = video.write_video(tmp_path / "c.mp4", frames)
     assert p.endswith("c.frames.npz") and np.array_equal(read_video(p), frames)
     assert video.video_backend() == "npz"
+
+
+class OpenHandLiftPolicy(ScriptedLiftPolicy):
+    """The scripted Lift policy with the gripper never closing: it reaches the cube and cannot lift it."""
+
+    @staticmethod
+    def act(eef, quat, grip, obj):
+        a = ScriptedLiftPolicy.act(eef, quat, grip, obj)
+        a[6] = -1.0
+        return a
+
+
+def test_traces_record_every_step_and_classify_the_failures(tmp_path):
+    ok = run_rollouts(ScriptedLiftPolicy(), task="lift", n_test=1, n_envs=1, max_steps=150, seed=100000,
+                      trace_dir=tmp_path / "ok", progress=False)
+    bad = run_rollouts(OpenHandLiftPolicy(), task="lift", n_test=1, n_envs=1, max_steps=60, seed=100000,
+                       trace_dir=tmp_path / "bad", progress=False)
+    assert ok["test/successes"] == [True] and bad["test/successes"] == [False]
+    for m, d in ((ok, "ok"), (bad, "bad")):
+        (path,) = m["test/traces"]
+        assert path == str(tmp_path / d / "test_000_seed100000.jsonl")
+        tr = read_trace(path)
+        assert tr["header"] == {"index": 0, "split": "test", "seed": 100000}
+        assert [s["step"] for s in tr["steps"]] == list(range(m["test/lengths"][0] + 1))
+        assert all(len(s["action"]) == 7 for s in tr["steps"][1:])
+    assert read_trace(ok["test/traces"][0])["steps"][-1]["reward"] == 1.0
+    fm = failure_modes(zip(bad["test/traces"], bad["test/successes"]))
+    (row,) = fm["episodes"]
+    assert row["mode"] == "not_grasped" and row["first_reach"] is not None, row
+    assert failure_modes(zip(ok["test/traces"], ok["test/successes"]))["episodes"] == []
