@@ -1,7 +1,8 @@
 """One training step at batch 64: loss + backward + AdamW step + EMA update, in samples/s, plain PyTorch
-vs the fast options, for the seed configuration (both 84 px cameras, 8 x 256 transformer) and for the
-`cpu-can` preset (both cameras at 48 px, width-16 ResNets, 4 x 128 transformer, horizon 16: the step the
-seed-task CPU trainings run). Presets: DP_FAST_BENCH_TRAIN_PRESETS (default "seed,cpu-can").
+vs the fast options, for the seed configuration (both 84 px cameras, 8 x 256 transformer), the `cpu`
+preset (the wrist camera at 48 px, a width-16 ResNet, 4 x 128 transformer, horizon 16: the demo's Lift
+training) and the `cpu-can` preset (the same with agentview too: the seed-task CPU trainings).
+Presets: DP_FAST_BENCH_TRAIN_PRESETS (default "seed,cpu,cpu-can").
 
 Rows (group train_step_<preset>_B64_<device>):
   plain            compute_loss (fp32), torch.optim.AdamW defaults, EMA    -- the reference row
@@ -39,7 +40,7 @@ from benchmarks._common import gpu_only, pedantic
 
 BATCH = int(os.environ.get("DP_FAST_BENCH_TRAIN_BATCH", "64"))
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-PRESETS = [p for p in os.environ.get("DP_FAST_BENCH_TRAIN_PRESETS", "seed,cpu-can").split(",") if p]
+PRESETS = [p for p in os.environ.get("DP_FAST_BENCH_TRAIN_PRESETS", "seed,cpu,cpu-can").split(",") if p]
 CPU_IMAGE_SIZE = 48  # what scripts/task.sh records for the CPU presets
 ROUNDS, WARMUP = (20, 5) if DEVICE.type == "cuda" else (2, 1)
 COMPILE_OK = os.environ.get("DP_FAST_BENCH_COMPILE") == "1"

@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--trace", default=None, metavar="DIR",
                         help="write every episode's per-step trace here (hand, gripper, object, action; "
                              "JSON lines) and print the failed episodes' failure modes")
+    parser.add_argument("--action-steps", type=int, default=None, metavar="N",
+                        help="execute the first N actions of each chunk, then call the policy again "
+                             "(default: the whole chunk, the policy's n_action_steps)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="episode step limit (default: the task's, 400 for lift / can / square)")
     parser.add_argument("--backend", default=None, help="policy backend (reference, cpu, triton, cuda, auto)")
@@ -106,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
                      n_envs=args.envs, max_steps=args.max_steps, video_dir=args.video, n_videos=args.n_videos,
                      seed=args.seed, train_start_idx=args.train_start, timeout_s=args.timeout,
                      control_hz=args.control_hz, async_inference=args.async_inference,
-                     progress=not args.no_progress, trace_dir=args.trace)
+                     progress=not args.no_progress, trace_dir=args.trace,
+                     action_steps=args.action_steps)
     if args.trace:
         traced = [(path, ok) for split in ("train", "test")
                   for path, ok in zip(m.get(f"{split}/traces", []), m.get(f"{split}/successes", []))]

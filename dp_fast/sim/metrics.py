@@ -9,6 +9,7 @@ into the metrics dict run_rollouts returns:
     "latency_ms_p50" / "_p90" / "_p99" / "_max" / "_mean" (per policy call), "n_policy_calls", "mean_batch"
     with a control rate: "control_hz", "async_inference", "deadline_misses" (calls whose chunk came late),
     "deadline_miss_ticks" (hold ticks they cost), "deadline_miss_rate", "n_chunk_requests"
+    with run_rollouts' action_steps: "action_steps" (actions executed per chunk)
     "n_episodes", "max_steps", "errors", "video_paths", "worker_restarts", "env_steps" (of the episodes
     that ended normally), "startup_s", "warmup_ms" (if warmed up), "wall_s"
 

@@ -46,7 +46,7 @@ def run_rollouts(policy, *, task: Optional[str] = None, dataset=None, n_train: i
                  seed: int = 100000, train_start_idx: int = 0, cameras: Optional[Sequence[str]] = None,
                  timeout_s: float = 60.0, control_hz: Optional[float] = None, async_inference: bool = False,
                  progress: bool = True, stop_on_success: bool = True, startup_timeout_s: float = 300.0,
-                 warmup: bool = True, trace_dir=None) -> Dict[str, Any]:
+                 warmup: bool = True, trace_dir=None, action_steps: Optional[int] = None) -> Dict[str, Any]:
     """Roll `policy` out; returns metrics (the keys are listed in `dp_fast.sim.metrics`).
 
     policy: a DiffusionPolicy or any object with `predict_action({key: (B, To, ...) tensor}) ->
@@ -57,6 +57,9 @@ def run_rollouts(policy, *, task: Optional[str] = None, dataset=None, n_train: i
     cameras: cameras the envs render (default: those of the policy's rgb keys, plus `agentview` for
     videos). Videos: the first n_videos episodes of each split, `agentview` frames, in video_dir.
     trace_dir: every episode's per-step trace (dp_fast.sim.trace) there, one JSON-lines file each.
+    action_steps: execute only the first action_steps actions of each chunk the policy returns before
+    calling it again (for a DiffusionPolicy the same as a smaller n_action_steps: the chunk starts at
+    the current observation step); None runs whole chunks.
     warmup: untimed policy calls on zero observations (each batch size up to n_envs) while the workers
     start, so that the latencies are those of a warm policy (their time is reported as "warmup_ms").
     Latency of a call: predict_action on the batch already on the policy's device, and the actions back
@@ -64,6 +67,8 @@ def run_rollouts(policy, *, task: Optional[str] = None, dataset=None, n_train: i
     """
     if async_inference and not control_hz:
         raise ValueError("async_inference needs control_hz (the control rate that the policy runs against)")
+    if action_steps is not None and int(action_steps) < 1:
+        raise ValueError(f"action_steps must be >= 1 (or None: whole chunks), got {action_steps}")
     plan = plan_rollouts(policy, task=task, dataset=dataset, n_train=n_train, n_test=n_test, seed=seed,
                          train_start_idx=train_start_idx, cameras=cameras, video_dir=video_dir,
                          n_videos=n_videos, max_steps=max_steps, trace_dir=trace_dir)
@@ -77,14 +82,18 @@ def run_rollouts(policy, *, task: Optional[str] = None, dataset=None, n_train: i
             log.warmup_s = _warm_up(policy, plan.obs_meta, int(policy.n_obs_steps), device, len(envs.handles))
         envs.wait_ready()
         log.startup_s = time.perf_counter() - t_start
-        _run_episodes(policy, plan, envs, log, device, control_hz, async_inference)
+        _run_episodes(policy, plan, envs, log, device, control_hz, async_inference, action_steps)
     finally:
         envs.close()
         log.close()
-    return log.summary(plan.episodes, control_hz, async_inference, time.perf_counter() - t_start, plan.max_steps)
+    m = log.summary(plan.episodes, control_hz, async_inference, time.perf_counter() - t_start, plan.max_steps)
+    if action_steps is not None:
+        m["action_steps"] = int(action_steps)
+    return m
 
 
-def _run_episodes(policy, plan: RolloutPlan, envs: "_Envs", log: RolloutLog, device, control_hz, async_inference):
+def _run_episodes(policy, plan: RolloutPlan, envs: "_Envs", log: RolloutLog, device, control_hz, async_inference,
+                  action_steps: Optional[int]):
     """Until every episode has ended: start episodes on free envs, collect replies, call the policy on
     the envs waiting for actions and send each its actions."""
     queue = deque(plan.episodes)
@@ -106,6 +115,11 @@ def _run_episodes(policy, plan: RolloutPlan, envs: "_Envs", log: RolloutLog, dev
             for s in ready:
                 envs.run_ahead(s)
         act, error, latency = _call_policy(policy, obs, plan.obs_meta, device, envs.action_dim)
+        if act is not None and action_steps is not None:
+            if action_steps > act.shape[1]:
+                raise ValueError(f"action_steps={action_steps} is more than the {act.shape[1]} actions of "
+                                 f"the policy's chunks")
+            act = act[:, :action_steps]
         log.policy_call(latency, len(ready))
         lag = lag_ticks(latency, control_hz) if control_hz else 0
         for i, s in enumerate(ready):

@@ -15,6 +15,9 @@ failure table answers first:
     not_lifted       it closed the gripper near the object, which never rose LIFT_M above its start
     lifted_dropped   the object rose, and was back within LIFT_M of its start height at the end
     lifted_not_placed  the object rose and was still up (held, or on something) at the end
+
+The two lifted modes go by the object's height alone: a can held near its top is lifted with the hand
+farther than REACH_M from its centre.
 """
 from __future__ import annotations
 
@@ -79,16 +82,14 @@ def classify(steps: List[Mapping[str, Any]]) -> Dict[str, Any]:
     near = dist < REACH_M
     out = {"min_dist_m": round(float(dist.min()), 4), "max_rise_m": round(float(rise.max()), 4),
            "first_reach": _first(near, steps), "first_close_near": _first(near & closing, steps)}
-    if not near.any():
+    if rise.max() >= LIFT_M:  # lifted, wherever the hand held it (a can grasped high is > REACH_M off)
+        mode = "lifted_dropped" if rise[-1] < LIFT_M else "lifted_not_placed"
+    elif not near.any():
         mode = "not_reached"
     elif not (near & closing).any():
         mode = "not_grasped"
-    elif rise.max() < LIFT_M:
-        mode = "not_lifted"
-    elif rise[-1] < LIFT_M:
-        mode = "lifted_dropped"
     else:
-        mode = "lifted_not_placed"
+        mode = "not_lifted"
     out["mode"] = mode
     return out
 

@@ -193,12 +193,16 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 # cameras (Can: grasp a can anywhere in its bin and place it in a fixed bin; Square: grasp a nut by its
 # handle, turn and drop it over a fixed peg). The wrist camera alone does not see the object in ~1/3 of the
 # initial states (a first Can run with it wandered in those and failed: 47/100), so agentview locates it.
-# Steps fit the budgets at the speed measured on this machine (AMD EPYC, 2 threads, idle, both
-# cameras: 2.75 steps/s; wrist only 3.9): Can 9600 steps ~ 60 min, Square 19200 ~ 120 min
-# (benchmarks/RESULTS.md, "Seed tasks").
+# The step runs with the encoder in channels_last, fused AdamW and the C++ crop / noise ops (the same loss;
+# together ~1.15x the plain step at 1 thread on an AVX-512 Xeon; bf16 autocast does not pay at this width).
+# Can trains without the random crop: at 48 px the crop's shifts of up to 5 px move the can by more than
+# its width in agentview; 12800 steps with the crop 73/100, without it 86/100 (the same demonstrations,
+# side by side, 1 thread each, 50-53 min on an Intel Xeon with AVX-512; benchmarks/RESULTS.md). Square
+# keeps the crop (19200 steps: 62 min on 2 threads of that Xeon, ~120 on the AMD EPYC without AVX-512).
 SEED_TASK_CPU_KEYS = ["robot0_eye_in_hand_image", "agentview_image", *WRIST_CPU_KEYS[1:]]
-_SEED_TASK_CPU = {**PRESETS["cpu"], "task.obs_keys": SEED_TASK_CPU_KEYS, "training.checkpoint_every_steps": 500}
-PRESETS["cpu-can"] = {**_SEED_TASK_CPU, "training.max_total_steps": 9600}
+_SEED_TASK_CPU = {**PRESETS["cpu"], "task.obs_keys": SEED_TASK_CPU_KEYS, "training.checkpoint_every_steps": 500,
+                  "training.channels_last": True, "optimizer.impl": "fused", "training.use_fast_ops": True}
+PRESETS["cpu-can"] = {**_SEED_TASK_CPU, "policy.crop_shape": None, "training.max_total_steps": 12800}
 PRESETS["cpu-square"] = {**_SEED_TASK_CPU, "training.max_total_steps": 19200}
 
 ALIASES = {

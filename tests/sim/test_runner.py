@@ -224,6 +224,19 @@ def test_control_rate_counts_deadline_misses():
         run_rollouts(ScriptedLiftPolicy(), task="lift", async_inference=True)
 
 
+def test_action_steps_executes_the_head_of_each_chunk():
+    kw = dict(task="lift", n_test=1, n_envs=1, max_steps=24, warmup=False, progress=False)
+    whole, head = ScriptedLiftPolicy(), ScriptedLiftPolicy()
+    m8 = run_rollouts(whole, **kw)
+    m3 = run_rollouts(head, action_steps=3, **kw)
+    assert m8["test/lengths"] == m3["test/lengths"] == [24]
+    assert whole.n_calls == 3 and head.n_calls == 8 and m3["action_steps"] == 3 and "action_steps" not in m8
+    with pytest.raises(ValueError, match="more than the 8 actions"):
+        run_rollouts(ScriptedLiftPolicy(), action_steps=9, **kw)
+    with pytest.raises(ValueError, match="action_steps must be >= 1"):
+        run_rollouts(ScriptedLiftPolicy(), action_steps=0, **kw)
+
+
 def test_bad_policy_keys_fail_before_any_worker_starts():
     policy = ScriptedLiftPolicy()
     policy.shape_meta["obs"]["robot0_nose_pos"] = {"shape": [3]}

@@ -60,6 +60,21 @@ class _StillEnv:
         return OBJ
 
 
+def test_a_lifted_object_counts_as_lifted_however_far_the_hand():
+    """A can held near its top: the hand stays > REACH_M from the can's centre while it rises."""
+    n = 12
+    obj = np.repeat(OBJ[None], n, 0)
+    eef = np.repeat((OBJ + [0.0, 0.0, 2 * REACH_M])[None], n, 0)
+    close = np.zeros(n, bool)
+    close[5:] = True
+    obj[6:9, 2] += 3 * LIFT_M
+    eef[6:9, 2] += 3 * LIFT_M
+    c = classify(_steps(eef, obj, close))
+    assert c["mode"] == "lifted_dropped" and c["first_reach"] is None, c
+    obj[6:, 2] = OBJ[2] + LIFT_M / 2                   # below the lift height: never lifted
+    assert classify(_steps(eef, obj, close))["mode"] == "not_reached"
+
+
 def test_trace_file_round_trip_and_failure_table(tmp_path):
     env = _StillEnv()
     t = EpisodeTrace(tmp_path / "a" / "test_000_seed5.jsonl", {"index": 0, "split": "test", "seed": 5})
