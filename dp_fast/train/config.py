@@ -194,9 +194,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 # handle, turn and drop it over a fixed peg). The wrist camera alone does not see the object in ~1/3 of the
 # initial states (a first Can run with it wandered in those and failed: 47/100), so agentview locates it.
 # The step runs with the encoder in channels_last, fused AdamW and the C++ crop / noise ops (the same loss;
-# together ~1.15x the plain step at 1 thread on an AVX-512 Xeon; bf16 autocast does not pay at this width).
-# Can trains without the random crop: at 48 px the crop's shifts of up to 5 px move the can by more than
-# its width in agentview; 12800 steps with the crop 73/100, without it 86/100 (the same demonstrations,
+# together ~1.15x the plain step at 1 thread on an AVX-512 Xeon; at 2 threads channels_last 1.08x, fused
+# AdamW 1.05x, the fast ops 0.96x alone; bf16 autocast and torch.compile are slower at this width).
+# Can trains without the random crop (at 48 px it shifts the images by up to 5 px, and most Can failures
+# are the hand going to the wrong place): 12800 steps with the crop 73/100, without 86/100 (the same demos,
 # side by side, 1 thread each, 50-53 min on an Intel Xeon with AVX-512; benchmarks/RESULTS.md). Square
 # keeps the crop (19200 steps: 62 min on 2 threads of that Xeon, ~120 on the AMD EPYC without AVX-512).
 SEED_TASK_CPU_KEYS = ["robot0_eye_in_hand_image", "agentview_image", *WRIST_CPU_KEYS[1:]]
