@@ -67,8 +67,10 @@ def run_rollouts(policy, *, task: Optional[str] = None, dataset=None, n_train: i
     """
     if async_inference and not control_hz:
         raise ValueError("async_inference needs control_hz (the control rate that the policy runs against)")
-    if action_steps is not None and int(action_steps) < 1:
-        raise ValueError(f"action_steps must be >= 1 (or None: whole chunks), got {action_steps}")
+    if action_steps is not None:
+        if int(action_steps) != action_steps or action_steps < 1:
+            raise ValueError(f"action_steps must be an integer >= 1 (or None: whole chunks), got {action_steps}")
+        action_steps = int(action_steps)
     plan = plan_rollouts(policy, task=task, dataset=dataset, n_train=n_train, n_test=n_test, seed=seed,
                          train_start_idx=train_start_idx, cameras=cameras, video_dir=video_dir,
                          n_videos=n_videos, max_steps=max_steps, trace_dir=trace_dir)
@@ -88,7 +90,7 @@ def run_rollouts(policy, *, task: Optional[str] = None, dataset=None, n_train: i
         log.close()
     m = log.summary(plan.episodes, control_hz, async_inference, time.perf_counter() - t_start, plan.max_steps)
     if action_steps is not None:
-        m["action_steps"] = int(action_steps)
+        m["action_steps"] = action_steps
     return m
 
 

@@ -233,7 +233,7 @@ def test_action_steps_executes_the_head_of_each_chunk():
     assert whole.n_calls == 3 and head.n_calls == 8 and m3["action_steps"] == 3 and "action_steps" not in m8
     with pytest.raises(ValueError, match="more than the 8 actions"):
         run_rollouts(ScriptedLiftPolicy(), action_steps=9, **kw)
-    with pytest.raises(ValueError, match="action_steps must be >= 1"):
+    with pytest.raises(ValueError, match="action_steps must be an integer >= 1"):
         run_rollouts(ScriptedLiftPolicy(), action_steps=0, **kw)
 
 
