@@ -5,7 +5,10 @@ the reference and the `cpu` backend, against this machine's measured fp32 / bf16
 
 FLOPs are counted by torch.utils.flop_counter (matmuls and convolutions) on the reference; the rate of a
 part is its FLOPs over its time. The matmul rates are torch.mm of 1024 x 1024 x 1024 (fp32, bf16) on
-the same threads: a ceiling the loop and the encoder can be read against. Wall time, minimum of the rounds.
+the same threads: a ceiling the loop and the encoder can be read against. For the `cpu` rows the loop's
+weight blob (the matmul weights it reads every denoising step) is also timed as a plain read (a sum over a
+tensor of its size, on the same threads): K x that time is the floor of a loop that streams its weights,
+which is what bounds it at B=1. Wall time, minimum of the rounds.
 """
 from __future__ import annotations
 
@@ -38,15 +41,21 @@ def matmul_rate(dtype, n=1024, rounds=10) -> float:
     return 2 * n ** 3 / _best(lambda: torch.mm(a, b), rounds) / 1e9
 
 
+def read_ms(nbytes: int, rounds=20) -> float:
+    """Time of one plain read of nbytes (fp32 sum), warm: the weight stream's floor per denoising step."""
+    t = torch.ones(max(nbytes // 4, 1))
+    return _best(lambda: t.sum(), rounds) * 1e3
+
+
 def _flops(fn) -> int:
     with FlopCounterMode(display=False) as fc:
         fn()
     return fc.get_total_flops()
 
 
-def split(batch: int, overrides: dict, backend: str, rounds: int):
+def split(batch: int, overrides: dict, backend: str, rounds: int, precision: str = "fp32"):
     torch.manual_seed(0)
-    p = DiffusionPolicy(PolicyConfig(**overrides), backend=backend).eval()
+    p = DiffusionPolicy(PolicyConfig(**overrides), backend=backend, precision=precision).eval()
     g = torch.Generator().manual_seed(1)
     obs = {k: (torch.randint(0, 256, (batch, 2, *m["shape"]), generator=g, dtype=torch.uint8)
                if m.get("type") == "rgb" else torch.randn(batch, 2, *m["shape"], generator=g))
@@ -63,7 +72,15 @@ def split(batch: int, overrides: dict, backend: str, rounds: int):
         ref.load_state_dict(p.state_dict())
         enc_flops = _flops(lambda: ref.encode_obs(nobs, b))
         loop_flops = _flops(lambda: ref.sample(feats, noise))
-    return {"total_ms": total * 1e3, "encoder_ms": enc * 1e3, "loop_ms": loop * 1e3,
+    blob = getattr(sampler, "weights", None)  # CpuSampler's packed matmul weights
+    stream = {}
+    if isinstance(blob, torch.Tensor):
+        steps = p.config.num_inference_steps or p.config.scheduler.num_train_timesteps
+        nbytes = blob.numel() * blob.element_size()
+        ms = read_ms(nbytes)
+        stream = {"weight_blob_mb": nbytes / 2 ** 20, "weight_read_ms": ms, "loop_floor_ms": steps * ms,
+                  "weight_read_gb_per_s": nbytes / ms / 1e6}
+    return {**stream, "total_ms": total * 1e3, "encoder_ms": enc * 1e3, "loop_ms": loop * 1e3,
             "rest_ms": max(total - enc - loop, 0.0) * 1e3,
             "encoder_gflop": enc_flops / 1e9, "loop_gflop": loop_flops / 1e9,
             "encoder_gflops_per_s": enc_flops / enc / 1e9, "loop_gflops_per_s": loop_flops / loop / 1e9,
@@ -75,21 +92,29 @@ def main():
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--bf16", action="store_true", help="also the cpu backend with precision='bf16'")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = {"threads": args.threads, "torch": torch.__version__,
-           "matmul_gflops_fp32": matmul_rate(torch.float32), "matmul_gflops_bf16": matmul_rate(torch.bfloat16),
-           "cases": {}}
-    print(f"{args.threads} threads; torch.mm 1024^3: fp32 {out['matmul_gflops_fp32']:.0f} GFLOP/s, "
-          f"bf16 {out['matmul_gflops_bf16']:.0f} GFLOP/s")
+    out = {"threads": args.threads, "torch": torch.__version__, "cases": {}}
+    for n in (1024, 2048):
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            out[f"matmul_gflops_{name}_{n}"] = matmul_rate(dtype, n)
+    print(f"{args.threads} threads; torch.mm n^3, n = 1024 / 2048: fp32 {out['matmul_gflops_fp32_1024']:.0f} / "
+          f"{out['matmul_gflops_fp32_2048']:.0f} GFLOP/s, bf16 {out['matmul_gflops_bf16_1024']:.0f} / "
+          f"{out['matmul_gflops_bf16_2048']:.0f} GFLOP/s")
     print(f"{'case':12s} {'backend':9s} {'total':>8s} {'encoder':>8s} {'loop':>8s} {'rest':>6s}  "
-          f"{'enc GFLOP/s':>11s} {'loop GFLOP/s':>12s}")
+          f"{'enc GFLOP/s':>11s} {'loop GFLOP/s':>12s} {'weights MB':>10s} {'read GB/s':>9s} {'loop floor':>10s}")
+    rows = [("reference", "fp32"), ("cpu", "fp32")] + [("cpu", "bf16")] * args.bf16
     for name, (batch, overrides) in CASES.items():
-        for backend in ("reference", "cpu"):
-            r = split(batch, overrides, backend, args.rounds)
-            out["cases"][f"{name}_{backend}"] = r
-            print(f"{name:12s} {backend:9s} {r['total_ms']:8.1f} {r['encoder_ms']:8.1f} {r['loop_ms']:8.1f} "
-                  f"{r['rest_ms']:6.1f}  {r['encoder_gflops_per_s']:11.0f} {r['loop_gflops_per_s']:12.0f}", flush=True)
+        for backend, precision in rows:
+            r = split(batch, overrides, backend, args.rounds, precision)
+            label = backend if precision == "fp32" else f"{backend}_{precision}"
+            out["cases"][f"{name}_{label}"] = r
+            extra = (f" {r['weight_blob_mb']:10.1f} {r['weight_read_gb_per_s']:9.0f} {r['loop_floor_ms']:10.1f}"
+                     if "weight_blob_mb" in r else "")
+            print(f"{name:12s} {label:9s} {r['total_ms']:8.1f} {r['encoder_ms']:8.1f} {r['loop_ms']:8.1f} "
+                  f"{r['rest_ms']:6.1f}  {r['encoder_gflops_per_s']:11.0f} {r['loop_gflops_per_s']:12.0f}{extra}",
+                  flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
