@@ -96,7 +96,7 @@ def test_cpu_presets_build_and_train(preset, keys, tmp_path):
                                 "training.val_every": 0, "training.sample_every": 0, "dataloader.batch_size": 4})
     assert cfg.task.obs_keys == keys
     tr = Trainer(cfg, tmp_path / "out", quiet=True)
-    assert tr.policy.config.crop_shape == (None if preset == "cpu-can" else (43, 43))  # Can: no random crop
+    assert tr.policy.config.crop_shape == ((43, 43) if preset == "cpu" else None)  # Can, Square: no random crop
     assert list(tr.policy.config.shape_meta["obs"]) == keys
     tr.run()
     assert tr.global_step == 2 and (tmp_path / "out" / "checkpoints" / "latest.safetensors").exists()
