@@ -1,14 +1,14 @@
 """Where predict_action's time goes on the CPU (seed configuration): encoder, K-step loop, the rest, for
 the reference and the `cpu` backend, against this machine's measured fp32 / bf16 matmul rates.
 
-    python benchmarks/time_split.py [--threads N] [--json OUT.json]
+    python benchmarks/time_split.py [--threads N] [--rounds R] [--bf16] [--json OUT.json]
 
 FLOPs are counted by torch.utils.flop_counter (matmuls and convolutions) on the reference; the rate of a
-part is its FLOPs over its time. The matmul rates are torch.mm of 1024 x 1024 x 1024 (fp32, bf16) on
-the same threads: a ceiling the loop and the encoder can be read against. For the `cpu` rows the loop's
+part is its FLOPs over its time. The matmul rates are torch.mm of n x n x n, n = 1024 and 2048 (fp32, bf16),
+on the same threads: a ceiling the loop and the encoder can be read against. For the `cpu` rows the loop's
 weight blob (the matmul weights it reads every denoising step) is also timed as a plain read (a sum over a
 tensor of its size, on the same threads): K x that time is the floor of a loop that streams its weights,
-which is what bounds it at B=1. Wall time, minimum of the rounds.
+which bounds it at B=1 where they do not stay in cache. Wall time, minimum of the rounds.
 """
 from __future__ import annotations
 
